@@ -1,0 +1,771 @@
+//! Layered configuration: built-in defaults < `postmesh.toml` < `POSTMESH_*`
+//! environment < command-line flags. Parsing takes a [`ConfigSource`] so tests
+//! build configs from a map; [`ConfigSource::from_process`] reads the real
+//! environment. Every key is listed once in [`KEYS`], which also drives the
+//! `--help` text, so a key cannot exist without documentation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable postmesh reads.
+pub const ENV_PREFIX: &str = "POSTMESH_";
+
+/// Documentation of one configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDoc {
+    /// Key as written in `postmesh.toml`; the environment variable is
+    /// `POSTMESH_` + the key in upper case.
+    pub key: &'static str,
+    /// Default, as a user would write it.
+    pub default: &'static str,
+    /// One line saying what it does.
+    pub help: &'static str,
+}
+
+impl KeyDoc {
+    /// The environment variable that sets this key.
+    pub fn env_var(&self) -> String {
+        format!("{ENV_PREFIX}{}", self.key.to_ascii_uppercase())
+    }
+}
+
+/// Every configuration key, in the order `--help` lists them.
+pub const KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        key: "data_dir",
+        default: "./data",
+        help: "directory for SQLite files, generated keys and other local state",
+    },
+    KeyDoc {
+        key: "listen",
+        default: "127.0.0.1:50051",
+        help: "gRPC listen address (port 0 picks a free port)",
+    },
+    KeyDoc {
+        key: "http_listen",
+        default: "127.0.0.1:8080",
+        help: "HTTP gateway listen address (`dev` and `serve gateway`)",
+    },
+    KeyDoc {
+        key: "admin_listen",
+        default: "127.0.0.1:9090",
+        help: "admin HTTP address serving /metrics and /health/* (`serve`; in `dev` the gateway serves them)",
+    },
+    KeyDoc {
+        key: "database_url",
+        default: "(SQLite files under data_dir)",
+        help: "postgres://user:pass@host/db to use PostgreSQL; each service gets its own schema",
+    },
+    KeyDoc {
+        key: "database_max_connections",
+        default: "10",
+        help: "connection pool size per service database",
+    },
+    KeyDoc {
+        key: "redis_url",
+        default: "(in-memory store)",
+        help: "redis:// or rediss:// URL of the key-value store",
+    },
+    KeyDoc {
+        key: "nats_url",
+        default: "(local job bus)",
+        help: "nats:// URL of a NATS server with JetStream enabled",
+    },
+    KeyDoc {
+        key: "namespace",
+        default: "(none)",
+        help: "prefix for NATS subjects/streams and Redis keys, to share one server between deployments",
+    },
+    KeyDoc {
+        key: "log",
+        default: "info",
+        help: "log filter in tracing's EnvFilter syntax, e.g. `info,postmesh_kit=debug`",
+    },
+    KeyDoc { key: "log_format", default: "text", help: "`text` or `json`" },
+    KeyDoc {
+        key: "user_url",
+        default: "(this process in `dev`)",
+        help: "address of the user service, e.g. http://user:50051",
+    },
+    KeyDoc { key: "content_url", default: "(this process in `dev`)", help: "address of the content service" },
+    KeyDoc { key: "social_url", default: "(this process in `dev`)", help: "address of the social service" },
+    KeyDoc {
+        key: "analytics_url",
+        default: "(this process in `dev`)",
+        help: "address of the analytics service",
+    },
+    KeyDoc { key: "ai_url", default: "(this process in `dev`)", help: "address of the ai service" },
+    KeyDoc {
+        key: "notification_url",
+        default: "(this process in `dev`)",
+        help: "address of the notification service",
+    },
+    KeyDoc { key: "webhook_url", default: "(this process in `dev`)", help: "address of the webhook service" },
+    KeyDoc {
+        key: "shutdown_grace",
+        default: "30s",
+        help: "how long SIGTERM/Ctrl-C waits for in-flight calls and jobs to finish",
+    },
+    KeyDoc {
+        key: "health_interval",
+        default: "5s",
+        help: "how often database, Redis and NATS connections are checked for readiness",
+    },
+    KeyDoc {
+        key: "jobs_max_deliver",
+        default: "5",
+        help: "deliveries of a job before it goes to dead letters",
+    },
+    KeyDoc {
+        key: "jobs_ack_wait",
+        default: "30s",
+        help: "how long a delivered job may run unacknowledged before it is delivered again",
+    },
+    KeyDoc {
+        key: "jobs_backoff",
+        default: "1s,5s,30s,2m",
+        help: "delays before the 2nd, 3rd, ... delivery of a failed job (the last repeats)",
+    },
+    KeyDoc {
+        key: "jobs_poll_interval",
+        default: "500ms",
+        help: "local job bus: how often consumers look for due jobs besides being woken",
+    },
+    KeyDoc {
+        key: "outbox_poll_interval",
+        default: "1s",
+        help: "how often the outbox relay looks for unpublished messages besides being woken",
+    },
+];
+
+/// The validated configuration of one postmesh process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory for SQLite files and generated local state.
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Gateway listen address.
+    pub http_listen: SocketAddr,
+    /// Admin (metrics, health) listen address.
+    pub admin_listen: SocketAddr,
+    /// PostgreSQL URL; SQLite under `data_dir` when unset.
+    pub database_url: Option<DatabaseUrl>,
+    /// Pool size per service database.
+    pub database_max_connections: u32,
+    /// Redis URL; in-memory store when unset.
+    pub redis_url: Option<RedisUrl>,
+    /// NATS URL; local job bus when unset.
+    pub nats_url: Option<NatsUrl>,
+    /// Prefix isolating this deployment on shared Redis/NATS servers.
+    pub namespace: Option<Namespace>,
+    /// Log filter.
+    pub log: String,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Address of the user service.
+    pub user_url: Option<ServiceUrl>,
+    /// Address of the content service.
+    pub content_url: Option<ServiceUrl>,
+    /// Address of the social service.
+    pub social_url: Option<ServiceUrl>,
+    /// Address of the analytics service.
+    pub analytics_url: Option<ServiceUrl>,
+    /// Address of the ai service.
+    pub ai_url: Option<ServiceUrl>,
+    /// Address of the notification service.
+    pub notification_url: Option<ServiceUrl>,
+    /// Address of the webhook service.
+    pub webhook_url: Option<ServiceUrl>,
+    /// Drain time on shutdown.
+    #[serde(with = "human_duration")]
+    pub shutdown_grace: Duration,
+    /// Dependency check period.
+    #[serde(with = "human_duration")]
+    pub health_interval: Duration,
+    /// Deliveries before dead letters.
+    pub jobs_max_deliver: u32,
+    /// Redelivery timeout of an unacknowledged job.
+    #[serde(with = "human_duration")]
+    pub jobs_ack_wait: Duration,
+    /// Delays between deliveries of a failing job.
+    #[serde(with = "human_duration_list")]
+    pub jobs_backoff: Vec<Duration>,
+    /// Local bus polling period.
+    #[serde(with = "human_duration")]
+    pub jobs_poll_interval: Duration,
+    /// Outbox relay polling period.
+    #[serde(with = "human_duration")]
+    pub outbox_poll_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let addr = |s: &str| s.parse().expect("default address parses");
+        Self {
+            data_dir: PathBuf::from("./data"),
+            listen: addr("127.0.0.1:50051"),
+            http_listen: addr("127.0.0.1:8080"),
+            admin_listen: addr("127.0.0.1:9090"),
+            database_url: None,
+            database_max_connections: 10,
+            redis_url: None,
+            nats_url: None,
+            namespace: None,
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            user_url: None,
+            content_url: None,
+            social_url: None,
+            analytics_url: None,
+            ai_url: None,
+            notification_url: None,
+            webhook_url: None,
+            shutdown_grace: Duration::from_secs(30),
+            health_interval: Duration::from_secs(5),
+            jobs_max_deliver: 5,
+            jobs_ack_wait: Duration::from_secs(30),
+            jobs_backoff: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                Duration::from_secs(120),
+            ],
+            jobs_poll_interval: Duration::from_millis(500),
+            outbox_poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates the configuration from `source`.
+    pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &source.file {
+            if path.exists() {
+                figment = figment.merge(Toml::file_exact(path));
+            } else if source.file_required {
+                return Err(ConfigError {
+                    problems: vec![format!("config file {} does not exist", path.display())],
+                });
+            }
+        }
+        figment = figment
+            .merge(EnvProvider::new("environment variable", &source.env))
+            .merge(EnvProvider::new("command-line flag", &source.overrides));
+        let config: Config = figment.extract_lossy().map_err(ConfigError::from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.database_max_connections == 0 {
+            problems.push(problem("database_max_connections", "must be at least 1"));
+        }
+        if self.jobs_max_deliver == 0 {
+            problems.push(problem("jobs_max_deliver", "must be at least 1"));
+        }
+        if self.jobs_backoff.is_empty() {
+            problems.push(problem("jobs_backoff", "needs at least one delay"));
+        }
+        for (key, value) in [
+            ("jobs_ack_wait", self.jobs_ack_wait),
+            ("jobs_poll_interval", self.jobs_poll_interval),
+            ("outbox_poll_interval", self.outbox_poll_interval),
+            ("health_interval", self.health_interval),
+        ] {
+            if value.is_zero() {
+                problems.push(problem(key, "must be longer than zero"));
+            }
+        }
+        if let Err(err) = self.log.parse::<tracing_subscriber::EnvFilter>() {
+            problems.push(problem("log", &format!("is not a valid log filter: {err}")));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError { problems }) }
+    }
+
+    /// The configured address of another service, if any.
+    pub fn service_url(&self, service: &str) -> Option<&ServiceUrl> {
+        match service {
+            "user" => self.user_url.as_ref(),
+            "content" => self.content_url.as_ref(),
+            "social" => self.social_url.as_ref(),
+            "analytics" => self.analytics_url.as_ref(),
+            "ai" => self.ai_url.as_ref(),
+            "notification" => self.notification_url.as_ref(),
+            "webhook" => self.webhook_url.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+fn problem(key: &str, message: &str) -> String {
+    format!("{} ({key}) {message}", env_name(key))
+}
+
+fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_ascii_uppercase())
+}
+
+/// Where configuration comes from. Tests build one from literals; the CLI
+/// uses [`ConfigSource::from_process`].
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// `postmesh.toml` to read, if present.
+    pub file: Option<PathBuf>,
+    /// Whether a missing `file` is an error (it is when named explicitly).
+    pub file_required: bool,
+    /// Environment variables (only `POSTMESH_*` ones that name a key are used).
+    pub env: Vec<(String, String)>,
+    /// Command-line flags as `(key, value)`, applied last.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl ConfigSource {
+    /// Reads the process environment; `file` is the `--config` flag.
+    pub fn from_process(file: Option<&Path>) -> Self {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let explicit = file
+            .map(Path::to_path_buf)
+            .or_else(|| env.iter().find(|(k, _)| k == "POSTMESH_CONFIG").map(|(_, v)| PathBuf::from(v)));
+        Self {
+            file_required: explicit.is_some(),
+            file: Some(explicit.unwrap_or_else(|| PathBuf::from("postmesh.toml"))),
+            env,
+            overrides: Vec::new(),
+        }
+    }
+
+    /// Adds a command-line override for `key`.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.overrides.push((key.to_owned(), value.into()));
+        self
+    }
+}
+
+/// Feeds `POSTMESH_*` variables (or flags) into figment as strings. Unknown
+/// `POSTMESH_*` names are ignored rather than refused: Kubernetes injects
+/// `<SERVICE>_PORT`-style variables that would otherwise stop start-up.
+struct EnvProvider {
+    name: &'static str,
+    values: Dict,
+}
+
+impl EnvProvider {
+    fn new(name: &'static str, vars: &[(String, String)]) -> Self {
+        let mut values = Dict::new();
+        for (name_or_key, value) in vars {
+            let key = match name_or_key.strip_prefix(ENV_PREFIX) {
+                Some(rest) => rest.to_ascii_lowercase(),
+                None if name == "command-line flag" => name_or_key.clone(),
+                None => continue,
+            };
+            if KEYS.iter().any(|doc| doc.key == key) {
+                values.insert(key, Value::from(value.clone()));
+            }
+        }
+        Self { name, values }
+    }
+}
+
+impl Provider for EnvProvider {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.values.clone()))
+    }
+}
+
+/// Invalid configuration: every problem found, each naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// One line per problem, each starting with the environment variable.
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn from_figment(err: figment::Error) -> Self {
+        let problems = err
+            .into_iter()
+            .map(|e| {
+                let key = e.path.join(".");
+                let origin = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+                let what = match &e.kind {
+                    figment::error::Kind::UnknownField(field, _) => {
+                        format!("{} is not a configuration key", field)
+                    }
+                    kind => kind.to_string(),
+                };
+                if key.is_empty() {
+                    format!("{what}{origin}")
+                } else {
+                    format!("{} ({key}): {what}{origin}", env_name(&key))
+                }
+            })
+            .collect();
+        Self { problems }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}", self.problems.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A value that must never reach a log line. `Debug` and `Display` redact it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a secret value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Parses a URL and checks its scheme; the error names what was expected.
+fn parse_url(value: &str, schemes: &[&str]) -> Result<url::Url, String> {
+    let url = url::Url::parse(value).map_err(|e| format!("`{}` is not a URL: {e}", redact(value)))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(format!(
+            "unsupported scheme `{}` (expected {})",
+            url.scheme(),
+            schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(" or ")
+        ));
+    }
+    Ok(url)
+}
+
+/// A URL with its password removed, for messages and logs.
+fn redact(value: &str) -> String {
+    match url::Url::parse(value) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<unparseable>".into(),
+    }
+}
+
+macro_rules! url_type {
+    ($(#[$doc:meta])* $name:ident, [$($scheme:literal),+]) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(Secret<url::Url>);
+
+        impl $name {
+            /// The full URL, credentials included: only for connecting.
+            pub fn expose(&self) -> &url::Url {
+                self.0.expose()
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(value: String) -> Result<Self, String> {
+                parse_url(&value, &[$($scheme),+]).map(|u| Self(Secret::new(u)))
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.expose().to_string()
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&redact(self.expose().as_str()))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&redact(self.expose().as_str()))
+            }
+        }
+    };
+}
+
+url_type!(
+    /// A PostgreSQL URL (`postgres://` or `postgresql://`).
+    DatabaseUrl, ["postgres", "postgresql"]
+);
+url_type!(
+    /// A Redis URL (`redis://` or `rediss://`).
+    RedisUrl, ["redis", "rediss"]
+);
+url_type!(
+    /// A NATS URL (`nats://` or `tls://`).
+    NatsUrl, ["nats", "tls"]
+);
+url_type!(
+    /// Address of another postmesh service (`http://` or `https://`).
+    ServiceUrl, ["http", "https"]
+);
+
+/// Prefix that isolates one deployment (or one test) on shared servers:
+/// lower-case letters, digits and `_`, at most 32 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// The prefix as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Namespace {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        let ok = !value.is_empty()
+            && value.len() <= 32
+            && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok { Ok(Self(value)) } else { Err(format!("`{value}` must be 1-32 characters of a-z, 0-9 and _")) }
+    }
+}
+
+impl From<Namespace> for String {
+    fn from(value: Namespace) -> String {
+        value.0
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+mod human_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text.trim())
+            .map_err(|e| format!("`{text}` is not a duration like 500ms, 30s or 2m: {e}"))
+    }
+}
+
+mod human_duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let text: Vec<String> = value.iter().map(|d| humantime::format_duration(*d).to_string()).collect();
+        s.serialize_str(&text.join(","))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            List(Vec<String>),
+        }
+        let items = match Form::deserialize(d)? {
+            Form::Text(text) => text.split(',').map(str::to_owned).collect(),
+            Form::List(list) => list,
+        };
+        items
+            .iter()
+            .filter(|item| !item.trim().is_empty())
+            .map(|item| super::human_duration::parse(item))
+            .collect::<Result<_, _>>()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Renders [`KEYS`] as the environment section of `--help`.
+pub fn env_help() -> String {
+    let width = KEYS.iter().map(|k| k.env_var().len()).max().unwrap_or(0);
+    let mut out = String::from("Configuration (built-in defaults < postmesh.toml < environment < flags):\n");
+    out.push_str(&format!(
+        "  {:width$}  path of the config file (default: ./postmesh.toml if present)\n",
+        "POSTMESH_CONFIG"
+    ));
+    for key in KEYS {
+        out.push_str(&format!("  {:width$}  {} [default: {}]\n", key.env_var(), key.help, key.default));
+    }
+    out
+}
+
+/// The keys of a serialized default config; a test keeps [`KEYS`] complete.
+pub fn default_keys() -> Vec<String> {
+    let value = Figment::from(Serialized::defaults(Config::default()));
+    let data: BTreeMap<String, serde_json::Value> = value.extract().unwrap_or_default();
+    data.into_keys().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(env: &[(&str, &str)]) -> ConfigSource {
+        ConfigSource {
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..ConfigSource::default()
+        }
+    }
+
+    #[test]
+    fn every_field_is_documented() {
+        let mut documented: Vec<String> = KEYS.iter().map(|k| k.key.to_owned()).collect();
+        documented.sort();
+        let mut fields = default_keys();
+        fields.sort();
+        // Optional keys are absent from the serialized defaults.
+        for field in &fields {
+            assert!(documented.contains(field), "{field} is missing from KEYS");
+        }
+        assert!(fields.len() >= 15, "defaults serialized too few keys: {fields:?}");
+    }
+
+    #[test]
+    fn environment_overrides_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("postmesh.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1111\"\njobs_max_deliver = 9\n").unwrap();
+        let mut src = source(&[("POSTMESH_LISTEN", "127.0.0.1:2222"), ("HOME", "/root")]);
+        src.file = Some(file);
+        let config = Config::load(&src).unwrap();
+        assert_eq!(config.listen.port(), 2222);
+        assert_eq!(config.jobs_max_deliver, 9);
+        assert_eq!(config.admin_listen.port(), 9090);
+    }
+
+    #[test]
+    fn flags_override_environment() {
+        let mut src = source(&[("POSTMESH_LISTEN", "127.0.0.1:2222")]);
+        src.set("listen", "127.0.0.1:3333");
+        assert_eq!(Config::load(&src).unwrap().listen.port(), 3333);
+    }
+
+    #[test]
+    fn bad_url_names_the_variable() {
+        let err = Config::load(&source(&[("POSTMESH_DATABASE_URL", "mysql://u:hunter2@db/x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("POSTMESH_DATABASE_URL"), "{err}");
+        assert!(err.contains("unsupported scheme `mysql`"), "{err}");
+        assert!(!err.contains("hunter2"), "password leaked: {err}");
+
+        let err = Config::load(&source(&[("POSTMESH_REDIS_URL", "not a url")])).unwrap_err();
+        assert!(err.to_string().contains("POSTMESH_REDIS_URL"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_variable() {
+        let err = Config::load(&source(&[("POSTMESH_JOBS_MAX_DELIVER", "many")])).unwrap_err();
+        assert!(err.to_string().contains("POSTMESH_JOBS_MAX_DELIVER"), "{err}");
+        let err = Config::load(&source(&[("POSTMESH_JOBS_ACK_WAIT", "30")])).unwrap_err();
+        assert!(err.to_string().contains("POSTMESH_JOBS_ACK_WAIT"), "{err}");
+        let err = Config::load(&source(&[("POSTMESH_LISTEN", "localhost")])).unwrap_err();
+        assert!(err.to_string().contains("POSTMESH_LISTEN"), "{err}");
+        let err = Config::load(&source(&[("POSTMESH_LOG_FORMAT", "xml")])).unwrap_err();
+        assert!(err.to_string().contains("POSTMESH_LOG_FORMAT"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_refused_but_unknown_env_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("postmesh.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let mut src = source(&[("POSTMESH_GATEWAY_PORT", "tcp://10.0.0.1:8080")]);
+        src.file = Some(file.clone());
+        let err = Config::load(&src).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+
+        std::fs::write(&file, "").unwrap();
+        assert!(Config::load(&src).is_ok());
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let config = Config::load(&source(&[
+            ("POSTMESH_DATABASE_URL", "postgres://app:hunter2@db:5432/postmesh"),
+            ("POSTMESH_REDIS_URL", "redis://:s3cret@cache:6379"),
+        ]))
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("db:5432"), "{printed}");
+        assert_eq!(
+            config.database_url.unwrap().expose().password(),
+            Some("hunter2"),
+            "the real value stays available for connecting"
+        );
+    }
+
+    #[test]
+    fn backoff_list_parses_from_text() {
+        let config = Config::load(&source(&[("POSTMESH_JOBS_BACKOFF", "100ms, 2s,1m")])).unwrap();
+        assert_eq!(
+            config.jobs_backoff,
+            vec![Duration::from_millis(100), Duration::from_secs(2), Duration::from_secs(60)]
+        );
+        let err = Config::load(&source(&[("POSTMESH_JOBS_BACKOFF", "")])).unwrap_err();
+        assert!(err.to_string().contains("POSTMESH_JOBS_BACKOFF"), "{err}");
+    }
+
+    #[test]
+    fn namespace_is_checked() {
+        let err = Config::load(&source(&[("POSTMESH_NAMESPACE", "Bad-Name")])).unwrap_err();
+        assert!(err.to_string().contains("POSTMESH_NAMESPACE"), "{err}");
+    }
+
+    #[test]
+    fn help_lists_every_key() {
+        let help = env_help();
+        for key in KEYS {
+            assert!(help.contains(&key.env_var()), "{} missing from help", key.env_var());
+        }
+    }
+}
