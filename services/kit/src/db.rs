@@ -33,7 +33,7 @@ impl Database {
     pub async fn connect(config: &Config, schema: &str) -> Result<Self, DbErr> {
         let conn = match &config.database_url {
             Some(url) => {
-                ensure_pg_schema(url.expose().as_str(), schema).await?;
+                ensure_pg_schema(url.expose(), schema).await?;
                 let mut options = ConnectOptions::new(url.expose().as_str());
                 options
                     .max_connections(config.database_max_connections)
@@ -160,19 +160,32 @@ async fn connect_sqlite(path: &Path, max_connections: u32) -> Result<DatabaseCon
     sea_orm::Database::connect(options).await
 }
 
-/// Creates the service's schema if needed. Two processes may race here;
-/// PostgreSQL then reports a duplicate, which is the outcome we wanted.
-async fn ensure_pg_schema(url: &str, schema: &str) -> Result<(), DbErr> {
-    let mut options = ConnectOptions::new(url);
-    options.max_connections(1).connect_timeout(Duration::from_secs(5)).sqlx_logging(false);
-    let admin = sea_orm::Database::connect(options).await?;
+/// Creates the service's schema if needed, on one direct connection, so an
+/// unreachable server is reported with its real cause rather than as a pool
+/// timeout. Two processes may race here; PostgreSQL then reports a
+/// duplicate, which is the outcome we wanted.
+async fn ensure_pg_schema(url: &url::Url, schema: &str) -> Result<(), DbErr> {
+    use sea_orm::sqlx::{Connection, Executor, postgres::PgConnection};
+
+    let unreachable = |e: sea_orm::sqlx::Error| {
+        let mut shown = url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        DbErr::Custom(format!("cannot connect to {shown}: {e}"))
+    };
+    let connect = PgConnection::connect(url.as_str());
+    let mut conn = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(conn) => conn.map_err(unreachable)?,
+        Err(_) => return Err(unreachable(sea_orm::sqlx::Error::PoolTimedOut)),
+    };
     let sql = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", schema.replace('"', ""));
-    let result = admin.execute_unprepared(&sql).await;
-    let _ = admin.close().await;
+    let result = conn.execute(sea_orm::sqlx::AssertSqlSafe(sql)).await;
+    let _ = conn.close().await;
     match result {
         Ok(_) => Ok(()),
         Err(err) if err.to_string().contains("duplicate key") => Ok(()),
-        Err(err) => Err(err),
+        Err(err) => Err(DbErr::Custom(format!("cannot create schema {schema}: {err}"))),
     }
 }
 

@@ -1,5 +1,6 @@
 //! What one process shares between the services it runs: configuration,
-//! the key-value store, the job bus, health and the background tasks
+//! the key-value store, the job bus (once a service needs it), health and
+//! the background tasks
 //! (outbox relays, consumers, health checks) that must stop together.
 //! [`Runtime::service`] gives each service its own database, outbox and
 //! relay and wires its health to the connections it depends on.
@@ -64,24 +65,25 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// Key-value store.
     pub kv: Kv,
-    /// Job bus.
-    pub bus: JobBus,
     /// Health state.
     pub health: Health,
     /// Cancelled on SIGTERM/Ctrl-C (or by a test).
     pub shutdown: CancellationToken,
     /// Background tasks to wait for on shutdown.
     pub tasks: TaskTracker,
+    /// Job bus, connected when the first service needs it (the gateway
+    /// alone does not).
+    bus: Option<JobBus>,
     routes: Routes,
     services: Vec<&'static str>,
+    databases: Vec<Database>,
 }
 
 impl Runtime {
-    /// Connects the store and the bus and starts the health checks.
+    /// Connects the key-value store and sets up health.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let kv = Kv::connect(&config).await?;
-        let bus = JobBus::connect(&config).await?;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let health = Health::new(reporter).await;
         let kv_check = kv.clone();
@@ -89,32 +91,44 @@ impl Runtime {
             let kv = kv_check.clone();
             async move { kv.ping().await.map_err(|e| e.to_string()) }
         }));
-        let bus_check = bus.clone();
-        health.add_check(Check::new(format!("bus:{}", bus.backend_name()), move || {
-            let bus = bus_check.clone();
-            async move { bus.ping().await.map_err(|e| e.to_string()) }
-        }));
         Ok(Self {
             config,
             kv,
-            bus,
+            bus: None,
             health,
             shutdown,
             tasks: TaskTracker::new(),
             routes: Routes::new(health_service),
             services: Vec::new(),
+            databases: Vec::new(),
         })
+    }
+
+    /// The job bus, connected (and added to health) on first use.
+    pub async fn bus(&mut self) -> Result<JobBus, StartError> {
+        if let Some(bus) = &self.bus {
+            return Ok(bus.clone());
+        }
+        let bus = JobBus::connect(&self.config).await?;
+        let bus_check = bus.clone();
+        self.health.add_check(Check::new(format!("bus:{}", bus.backend_name()), move || {
+            let bus = bus_check.clone();
+            async move { bus.ping().await.map_err(|e| e.to_string()) }
+        }));
+        self.bus = Some(bus.clone());
+        Ok(bus)
     }
 
     /// Opens and migrates `spec`'s database, starts its outbox relay and
     /// registers its health; returns what the service needs to run.
     pub async fn service(&mut self, spec: ServiceSpec) -> Result<ServiceDeps, StartError> {
+        let bus = self.bus().await?;
         let db_error = |source| StartError::Database { schema: spec.name.to_owned(), source };
         let db = Database::connect(&self.config, spec.name).await.map_err(db_error)?;
         db.migrate(spec.migrations).await.map_err(db_error)?;
         let outbox = Outbox::new(db.clone());
         self.tasks.spawn(outbox.clone().run_relay(
-            self.bus.clone(),
+            bus.clone(),
             self.config.outbox_poll_interval,
             self.shutdown.clone(),
         ));
@@ -128,17 +142,18 @@ impl Runtime {
         let depends_on = vec![
             db_check_name,
             format!("kv:{}", self.kv.backend_name()),
-            format!("bus:{}", self.bus.backend_name()),
+            format!("bus:{}", bus.backend_name()),
         ];
         self.health.add_service(spec.grpc_name, depends_on).await;
         self.services.push(spec.grpc_name);
+        self.databases.push(db.clone());
 
         Ok(ServiceDeps {
             spec,
             config: self.config.clone(),
             db,
             kv: self.kv.clone(),
-            bus: self.bus.clone(),
+            bus,
             outbox,
             shutdown: self.shutdown.clone(),
             tasks: self.tasks.clone(),
@@ -179,11 +194,20 @@ impl Runtime {
         self.tasks.spawn(self.health.clone().run(self.config.health_interval, self.shutdown.clone()));
     }
 
-    /// Waits for background tasks after shutdown, at most the grace period.
+    /// Waits for background tasks after shutdown (at most the grace
+    /// period), then closes the databases so SQLite checkpoints its WAL.
     pub async fn drain(&self) {
         self.tasks.close();
         if tokio::time::timeout(self.config.shutdown_grace, self.tasks.wait()).await.is_err() {
             tracing::warn!("background tasks did not stop within the grace period");
+        }
+        for db in &self.databases {
+            if let Err(err) = db.conn().close_by_ref().await {
+                tracing::warn!(schema = %db.schema(), error = %err, "closing the database failed");
+            }
+        }
+        if let Some(bus) = &self.bus {
+            bus.close().await;
         }
     }
 }

@@ -144,36 +144,34 @@ impl Drop for TestEnv {
 
 impl Cleanup {
     async fn run(self) {
-        if let (Some(url), Some(database)) = (&self.admin_url, &self.database) {
-            if let Ok(admin) = sea_orm::Database::connect(url.as_str()).await {
-                use sea_orm::ConnectionTrait;
-                let _ = admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
-                    .await;
-                let _ = admin.close().await;
+        use sea_orm::ConnectionTrait;
+        if let (Some(url), Some(database)) = (&self.admin_url, &self.database)
+            && let Ok(admin) = sea_orm::Database::connect(url.as_str()).await
+        {
+            let sql = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)");
+            let _ = admin.execute_unprepared(&sql).await;
+            let _ = admin.close().await;
+        }
+        if let Some(url) = &self.redis_url
+            && let Ok(client) = redis::Client::open(url.as_str())
+            && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.namespace))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
             }
         }
-        if let Some(url) = &self.redis_url {
-            if let Ok(client) = redis::Client::open(url.as_str()) {
-                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{}:*", self.namespace))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                    }
-                }
-            }
-        }
-        if let Some(url) = &self.nats_url {
-            if let Ok(client) = async_nats::connect(url.as_str()).await {
-                let js = async_nats::jetstream::new(client);
-                let prefix = format!("{}_", self.namespace.to_ascii_uppercase());
-                for kind in ["JOBS", "EVENTS", "DLQ"] {
-                    let _ = js.delete_stream(format!("{prefix}POSTMESH_{kind}")).await;
-                }
+        if let Some(url) = &self.nats_url
+            && let Ok(client) = async_nats::connect(url.as_str()).await
+        {
+            let js = async_nats::jetstream::new(client);
+            let prefix = format!("{}_", self.namespace.to_ascii_uppercase());
+            for kind in ["JOBS", "EVENTS", "DLQ"] {
+                let _ = js.delete_stream(format!("{prefix}POSTMESH_{kind}")).await;
             }
         }
     }

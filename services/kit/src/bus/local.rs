@@ -70,6 +70,10 @@ impl LocalBus {
         self.inner.db.backend()
     }
 
+    pub(super) async fn close(&self) {
+        let _ = self.inner.db.conn().close_by_ref().await;
+    }
+
     pub(super) async fn ping(&self) -> Result<(), BusError> {
         Ok(self.inner.db.ping().await?)
     }

@@ -343,6 +343,14 @@ impl JobBus {
         }
     }
 
+    /// Releases the bus's connections (after consumers have stopped).
+    pub async fn close(&self) {
+        match self {
+            Self::Local(bus) => bus.close().await,
+            Self::Nats(bus) => bus.close().await,
+        }
+    }
+
     /// Checks that the bus answers.
     pub async fn ping(&self) -> Result<(), BusError> {
         match self {
@@ -366,7 +374,7 @@ struct Received {
 
 enum Settle {
     Local(local::LocalSettle),
-    Nats(nats::NatsSettle),
+    Nats(Box<nats::NatsSettle>),
 }
 
 /// How a delivery ends.

@@ -152,6 +152,11 @@ impl NatsBus {
             .map(|_| ())
     }
 
+    pub(super) async fn close(&self) {
+        // Flush what is buffered; the connection closes with the last clone.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.client.flush()).await;
+    }
+
     pub(super) async fn ping(&self) -> Result<(), BusError> {
         match self.inner.client.connection_state() {
             async_nats::connection::State::Connected => self.ensure_streams().await,
@@ -383,7 +388,7 @@ impl NatsConsumer {
         let (_, acker) = message.split();
         Ok(Received {
             delivery: Delivery { message: Message { id, subject, payload, headers }, attempt },
-            settle: Settle::Nats(NatsSettle { bus: self.bus.clone(), acker }),
+            settle: Settle::Nats(Box::new(NatsSettle { bus: self.bus.clone(), acker })),
         })
     }
 }

@@ -107,7 +107,8 @@ async fn readiness_follows_real_connections() {
         proxied.set_port(Some(proxy.addr().port())).unwrap();
         let config = env.config_with(variable, proxied.as_str());
         let shutdown = CancellationToken::new();
-        let runtime = Runtime::start(config, shutdown.clone()).await.unwrap();
+        let mut runtime = Runtime::start(config, shutdown.clone()).await.unwrap();
+        runtime.bus().await.unwrap();
         runtime.start_health_checks().await;
         // NATS connects in the background, so allow the first checks to pass.
         let ready = eventually(Duration::from_secs(15), || async { runtime.health.is_ready() }).await;
