@@ -118,6 +118,7 @@ impl App {
     pub async fn run(mut self) -> Result<(), String> {
         let mut first_error = None;
         while let Some(result) = self.servers.join_next().await {
+            tracing::debug!("a server stopped serving");
             let outcome = result.map_err(|e| e.to_string()).and_then(|r| r);
             if let Err(err) = outcome {
                 tracing::error!(error = %err, "a server stopped");
@@ -128,6 +129,7 @@ impl App {
             }
         }
         self.runtime.drain().await;
+        tracing::debug!("background tasks stopped");
         match first_error {
             Some(err) => Err(err),
             None => Ok(()),

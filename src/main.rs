@@ -30,7 +30,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Our error messages already include their causes.
+            eprintln!("error: {err}");
             ExitCode::FAILURE
         }
     }

@@ -1,1 +1,9 @@
+//! End-to-end tests: they run the real `postmesh` binary on free ports and
+//! talk to it over gRPC and HTTP, on whichever backends the environment
+//! names (see `postmesh_kit::testing`).
 
+mod cli;
+mod dev;
+mod helpers;
+mod migrate;
+mod serve;

@@ -1,0 +1,191 @@
+//! Starting the binary and talking to it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use postmesh_kit::testing::TestEnv;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The seven services' gRPC names.
+pub const SERVICES: [&str; 7] = [
+    "postmesh.user.v1.UserService",
+    "postmesh.content.v1.ContentService",
+    "postmesh.social.v1.SocialService",
+    "postmesh.analytics.v1.AnalyticsService",
+    "postmesh.ai.v1.AiService",
+    "postmesh.notification.v1.NotificationService",
+    "postmesh.webhook.v1.WebhookService",
+];
+
+/// A `postmesh` command with this test's environment (and none of the
+/// caller's own `POSTMESH_*` settings).
+pub fn postmesh(env: &TestEnv, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_postmesh"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("POSTMESH_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .envs(env.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(args)
+        .current_dir(env.data_dir());
+    command
+}
+
+/// A running `postmesh` process; killed when dropped.
+pub struct Process {
+    pub child: Child,
+    pub grpc: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub stderr: PathBuf,
+}
+
+impl Process {
+    /// Starts `postmesh <args>` and waits for its ready line.
+    pub fn start(env: &TestEnv, args: &[&str]) -> Self {
+        let stderr = env.data_dir().join(format!("stderr-{}.log", rand_suffix()));
+        let mut child = postmesh(env, args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("postmesh starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("postmesh ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+            panic!("postmesh {args:?} did not become ready; stderr:\n{log}");
+        };
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|part| part.strip_prefix(&format!("{name}=")))
+                .map(|addr| addr.parse().expect("address parses"))
+        };
+        Self { grpc: field("grpc"), http: field("http"), admin: field("admin"), child, stderr }
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc.expect("serves gRPC"))
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.grpc_url()).unwrap().connect().await.expect("gRPC connects")
+    }
+
+    /// Sends SIGTERM and waits for the exit (without blocking the test's
+    /// runtime, whose connections must be able to answer the server).
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let status =
+            Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success(), "SIGTERM delivered");
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().expect("wait works") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("postmesh did not exit within 15 s of SIGTERM");
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Waits (on the health Watch stream, not by polling) until `service` is
+/// SERVING; real backends may take a moment to connect.
+pub async fn wait_serving(channel: Channel, service: &str) -> ServingStatus {
+    let mut client = HealthClient::new(channel);
+    let mut watch =
+        client.watch(HealthCheckRequest { service: service.into() }).await.expect("watch").into_inner();
+    let wait = async {
+        while let Some(Ok(update)) = watch.next().await {
+            if update.status() == ServingStatus::Serving {
+                return ServingStatus::Serving;
+            }
+        }
+        ServingStatus::Unknown
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait).await.unwrap_or(ServingStatus::NotServing)
+}
+
+/// One health check.
+pub async fn check(channel: Channel, service: &str) -> Result<ServingStatus, tonic::Status> {
+    let mut client = HealthClient::new(channel);
+    Ok(client.check(HealthCheckRequest { service: service.into() }).await?.into_inner().status())
+}
+
+/// Services listed by reflection v1 and v1alpha.
+pub async fn reflected_services(channel: Channel) -> (Vec<String>, Vec<String>) {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let mut v1_client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = v1_client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection v1")
+        .into_inner();
+    let v1_names = match responses.next().await.unwrap().unwrap().message_response.unwrap() {
+        v1::server_reflection_response::MessageResponse::ListServicesResponse(list) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    };
+
+    let mut alpha_client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut responses = alpha_client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection v1alpha")
+        .into_inner();
+    let alpha_names = match responses.next().await.unwrap().unwrap().message_response.unwrap() {
+        v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    };
+    (v1_names, alpha_names)
+}
+
+/// GET on the process's HTTP side; status and JSON body.
+pub async fn get_json(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.expect("HTTP answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+}
