@@ -1,1 +1,141 @@
-fn main() {}
+//! postmesh benchmark harness. Measures the release binary from outside,
+//! the way an operator sees it; results go to docs/BENCHMARKS.md.
+//!
+//! ```text
+//! cargo build --release
+//! cargo run --release -p postmesh-bench -- startup [runs]
+//! ```
+//!
+//! `startup`: `postmesh dev` from spawn to the gRPC health check answering
+//! SERVING, cold (empty data directory: every migration runs) and warm
+//! (existing data), then resident memory after 5 s idle.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("startup") => {
+            let runs = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(10);
+            startup(&binary()?, runs).await
+        }
+        _ => bail!("usage: postmesh-bench startup [runs]"),
+    }
+}
+
+/// The release binary next to this one (`target/release/postmesh`).
+fn binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("postmesh");
+    if !path.exists() {
+        bail!("{} not found: run `cargo build --release` first", path.display());
+    }
+    Ok(path)
+}
+
+struct Started {
+    child: Child,
+    to_serving: Duration,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `postmesh dev` on free ports and waits until gRPC health says
+/// SERVING for the whole process.
+async fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<Started> {
+    let began = Instant::now();
+    let mut child = Command::new(binary)
+        .args(["dev", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("POSTMESH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawning postmesh")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let line = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.starts_with("postmesh ready"))
+    })
+    .await?
+    .context("postmesh exited before it was ready")?;
+    let grpc = line
+        .split_whitespace()
+        .find_map(|p| p.strip_prefix("grpc="))
+        .context("ready line names the gRPC address")?
+        .to_owned();
+    let mut client = loop {
+        match tonic::transport::Channel::from_shared(format!("http://{grpc}"))?.connect().await {
+            Ok(channel) => break HealthClient::new(channel),
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    };
+    loop {
+        let status = client.check(HealthCheckRequest { service: String::new() }).await?.into_inner().status();
+        if status == ServingStatus::Serving {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(Started { child, to_serving: began.elapsed() })
+}
+
+fn resident_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+fn summary(samples: &mut [Duration]) -> String {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let p50 = samples[samples.len() / 2];
+    let max = samples[samples.len() - 1];
+    format!("p50 {:.1} ms, min {:.1} ms, max {:.1} ms", ms(p50), ms(samples[0]), ms(max))
+}
+
+async fn startup(binary: &Path, runs: usize) -> anyhow::Result<()> {
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for _ in 0..runs {
+        let dir = tempfile::tempdir()?;
+        let first = start(binary, dir.path()).await?;
+        cold.push(first.to_serving);
+        drop(first);
+        warm.push(start(binary, dir.path()).await?.to_serving);
+    }
+    println!("postmesh dev, spawn to gRPC health SERVING, {runs} runs each");
+    println!("  cold (empty data dir): {}", summary(&mut cold));
+    println!("  warm (existing data):  {}", summary(&mut warm));
+
+    let dir = tempfile::tempdir()?;
+    let idle = start(binary, dir.path()).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss, peak) = resident_kib(idle.child.id())?;
+    println!(
+        "  resident memory after 5 s idle: {:.1} MiB (peak {:.1} MiB)",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    Ok(())
+}
