@@ -299,6 +299,10 @@ impl JobBus {
     /// Stores `message` for delivery, once per id.
     pub async fn publish(&self, message: &Message) -> Result<Published, BusError> {
         StreamKind::of(&message.subject)?;
+        if message.subject.contains('>') {
+            // Wildcards belong in consumer filters, never on a message.
+            return Err(BusError::InvalidSubject(message.subject.clone()));
+        }
         match self {
             Self::Local(bus) => bus.publish(message).await,
             Self::Nats(bus) => bus.publish(message).await,

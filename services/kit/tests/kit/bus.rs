@@ -290,6 +290,8 @@ async fn bad_subjects_and_consumers_are_refused_by_name() {
     let bus = bus(&env).await;
     let err = bus.publish(&message("mail.send", "x")).await.unwrap_err();
     assert!(err.to_string().contains("mail.send"), "{err}");
+    let err = bus.publish(&message("jobs.social.>", "x")).await.unwrap_err();
+    assert!(err.to_string().contains("jobs.social.>"), "a wildcard is not a subject: {err}");
     let (handler, _rx) = recorder(|_| JobOutcome::Done);
     let err =
         bus.consume(spec("bad name", "jobs.x.y", 3), handler, CancellationToken::new()).await.unwrap_err();

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use postmesh_kit::Config;
 use postmesh_kit::bus::{JobBus, JobOutcome, Published};
 use postmesh_kit::db::Database;
 use postmesh_kit::outbox::{Outbox, OutboxMessage};
@@ -15,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{assert_quiet, next, recorder, spec};
 
-async fn outbox(env: &TestEnv) -> Outbox {
-    let db = Database::connect(&env.config, "svc").await.expect("service database");
+/// A service database with its outbox.
+async fn service_outbox(config: &Config) -> (Database, Outbox) {
+    let db = Database::connect(config, "svc").await.expect("service database");
     db.migrate(postmesh_kit::outbox::migrations).await.expect("outbox migration");
-    Outbox::new(db)
+    (db.clone(), Outbox::new(db))
 }
 
 async fn enqueue_committed(outbox: &Outbox, db: &Database, n: usize) {
@@ -34,9 +36,7 @@ async fn enqueue_committed(outbox: &Outbox, db: &Database, n: usize) {
 async fn messages_leave_only_with_their_transaction_and_carry_the_context() {
     let env = TestEnv::new().await;
     let bus = JobBus::connect(&env.config).await.unwrap();
-    let db = Database::connect(&env.config, "svc").await.unwrap();
-    db.migrate(postmesh_kit::outbox::migrations).await.unwrap();
-    let outbox = Outbox::new(db.clone());
+    let (db, outbox) = service_outbox(&env.config).await;
     let shutdown = CancellationToken::new();
     let (handler, mut rx) = recorder(|_| JobOutcome::Done);
     bus.consume(spec("outbox-ctx", "jobs.test.outbox", 3), handler, shutdown.clone()).await.unwrap();
@@ -71,9 +71,7 @@ async fn messages_leave_only_with_their_transaction_and_carry_the_context() {
 async fn messages_written_while_no_relay_runs_are_published_once_it_starts() {
     let env = TestEnv::new().await;
     let bus = JobBus::connect(&env.config).await.unwrap();
-    let db = Database::connect(&env.config, "svc").await.unwrap();
-    db.migrate(postmesh_kit::outbox::migrations).await.unwrap();
-    let outbox = Outbox::new(db.clone());
+    let (db, outbox) = service_outbox(&env.config).await;
     enqueue_committed(&outbox, &db, 10).await;
     assert_eq!(outbox.backlog().await.unwrap(), 10);
 
@@ -93,8 +91,7 @@ async fn messages_written_while_no_relay_runs_are_published_once_it_starts() {
 async fn a_relay_that_publishes_twice_delivers_once() {
     let env = TestEnv::new().await;
     let bus = JobBus::connect(&env.config).await.unwrap();
-    let outbox = outbox(&env).await;
-    let db = Database::connect(&env.config, "svc").await.unwrap();
+    let (db, outbox) = service_outbox(&env.config).await;
     enqueue_committed(&outbox, &db, 1).await;
     // Two relays (replicas, or one restarted mid-pass) race for the same row.
     let (a, b) = tokio::join!(outbox.relay_once(&bus), outbox.relay_once(&bus));
@@ -128,9 +125,7 @@ async fn jobs_written_while_nats_is_down_arrive_once_when_it_returns() {
     let up = eventually(Duration::from_secs(15), || async { bus.ping().await.is_ok() }).await;
     assert!(up, "bus is up through the proxy");
 
-    let db = Database::connect(&config, "svc").await.unwrap();
-    db.migrate(postmesh_kit::outbox::migrations).await.unwrap();
-    let outbox = Outbox::new(db.clone());
+    let (db, outbox) = service_outbox(&config).await;
 
     proxy.cut();
     enqueue_committed(&outbox, &db, 10).await;
