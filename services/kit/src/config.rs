@@ -110,6 +110,29 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc { key: "webhook_url", default: "(this process in `dev`)", help: "address of the webhook service" },
     KeyDoc {
+        key: "auth_keys",
+        default: "(one generated under data_dir/keys)",
+        help: "comma-separated Ed25519 PKCS#8 PEM files signing tokens (user service); the first signs, all verify",
+    },
+    KeyDoc { key: "auth_issuer", default: "postmesh", help: "`iss` of issued tokens, the only one accepted" },
+    KeyDoc {
+        key: "auth_audience",
+        default: "postmesh",
+        help: "`aud` of issued tokens, the only one accepted",
+    },
+    KeyDoc { key: "auth_access_ttl", default: "15m", help: "access token lifetime" },
+    KeyDoc { key: "auth_refresh_ttl", default: "30d", help: "refresh token lifetime" },
+    KeyDoc {
+        key: "auth_service_secret",
+        default: "(none: only `dev` mints service tokens)",
+        help: "shared secret services exchange for service tokens at the user service",
+    },
+    KeyDoc {
+        key: "encryption_keys",
+        default: "(one generated under data_dir/keys)",
+        help: "AEAD keys for secrets at rest as `id:base64(32 bytes)`, comma-separated; the first encrypts",
+    },
+    KeyDoc {
         key: "shutdown_grace",
         default: "30s",
         help: "how long SIGTERM/Ctrl-C waits for in-flight calls and jobs to finish",
@@ -186,6 +209,23 @@ pub struct Config {
     pub notification_url: Option<ServiceUrl>,
     /// Address of the webhook service.
     pub webhook_url: Option<ServiceUrl>,
+    /// Token signing key files; the first signs.
+    #[serde(with = "path_list")]
+    pub auth_keys: Vec<PathBuf>,
+    /// Token issuer.
+    pub auth_issuer: String,
+    /// Token audience.
+    pub auth_audience: String,
+    /// Access token lifetime.
+    #[serde(with = "human_duration")]
+    pub auth_access_ttl: Duration,
+    /// Refresh token lifetime.
+    #[serde(with = "human_duration")]
+    pub auth_refresh_ttl: Duration,
+    /// Secret exchanged for service tokens.
+    pub auth_service_secret: Option<Secret<String>>,
+    /// AEAD keys for secrets at rest (`id:base64`, comma-separated).
+    pub encryption_keys: Option<Secret<String>>,
     /// Drain time on shutdown.
     #[serde(with = "human_duration")]
     pub shutdown_grace: Duration,
@@ -230,6 +270,13 @@ impl Default for Config {
             ai_url: None,
             notification_url: None,
             webhook_url: None,
+            auth_keys: Vec::new(),
+            auth_issuer: "postmesh".into(),
+            auth_audience: "postmesh".into(),
+            auth_access_ttl: Duration::from_secs(15 * 60),
+            auth_refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            auth_service_secret: None,
+            encryption_keys: None,
             shutdown_grace: Duration::from_secs(30),
             health_interval: Duration::from_secs(5),
             jobs_max_deliver: 5,
@@ -278,6 +325,22 @@ impl Config {
         if self.jobs_backoff.is_empty() {
             problems.push(problem("jobs_backoff", "needs at least one delay"));
         }
+        if self.auth_access_ttl < Duration::from_secs(60)
+            || self.auth_access_ttl > Duration::from_secs(24 * 3600)
+        {
+            problems.push(problem("auth_access_ttl", "must be between 1m and 24h"));
+        }
+        if self.auth_refresh_ttl <= self.auth_access_ttl {
+            problems.push(problem("auth_refresh_ttl", "must be longer than auth_access_ttl"));
+        }
+        if self.auth_service_secret.as_ref().is_some_and(|s| s.expose().len() < 32) {
+            problems.push(problem("auth_service_secret", "must be at least 32 characters"));
+        }
+        if let Some(keys) = &self.encryption_keys
+            && let Err(err) = crate::crypto::Cipher::from_spec(keys.expose())
+        {
+            problems.push(problem("encryption_keys", &err.to_string()));
+        }
         for (key, value) in [
             ("jobs_ack_wait", self.jobs_ack_wait),
             ("jobs_poll_interval", self.jobs_poll_interval),
@@ -292,6 +355,22 @@ impl Config {
             problems.push(problem("log", &format!("is not a valid log filter: {err}")));
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError { problems }) }
+    }
+
+    /// Points `service` at `url` (a process reaches the services it runs
+    /// itself on its own listener).
+    pub fn set_service_url(&mut self, service: &str, url: ServiceUrl) {
+        let slot = match service {
+            "user" => &mut self.user_url,
+            "content" => &mut self.content_url,
+            "social" => &mut self.social_url,
+            "analytics" => &mut self.analytics_url,
+            "ai" => &mut self.ai_url,
+            "notification" => &mut self.notification_url,
+            "webhook" => &mut self.webhook_url,
+            _ => return,
+        };
+        *slot = Some(url);
     }
 
     /// The configured address of another service, if any.
@@ -593,6 +672,31 @@ mod human_duration {
     }
 }
 
+mod path_list {
+    use std::path::PathBuf;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+        let text: Vec<String> = value.iter().map(|p| p.display().to_string()).collect();
+        s.serialize_str(&text.join(","))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            List(Vec<String>),
+        }
+        let items = match Form::deserialize(d)? {
+            Form::Text(text) => text.split(',').map(str::to_owned).collect(),
+            Form::List(list) => list,
+        };
+        Ok(items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()).map(PathBuf::from).collect())
+    }
+}
+
 mod human_duration_list {
     use std::time::Duration;
 
@@ -753,6 +857,19 @@ mod tests {
         );
         let err = Config::load(&source(&[("POSTMESH_JOBS_BACKOFF", "")])).unwrap_err();
         assert!(err.to_string().contains("POSTMESH_JOBS_BACKOFF"), "{err}");
+    }
+
+    #[test]
+    fn auth_settings_are_checked() {
+        let err = Config::load(&source(&[("POSTMESH_AUTH_SERVICE_SECRET", "short")])).unwrap_err();
+        assert!(err.to_string().contains("POSTMESH_AUTH_SERVICE_SECRET"), "{err}");
+        assert!(!err.to_string().contains("short"), "the secret is not echoed: {err}");
+        let err = Config::load(&source(&[("POSTMESH_AUTH_ACCESS_TTL", "5s")])).unwrap_err();
+        assert!(err.to_string().contains("POSTMESH_AUTH_ACCESS_TTL"), "{err}");
+        let err = Config::load(&source(&[("POSTMESH_ENCRYPTION_KEYS", "k1:tooshort")])).unwrap_err();
+        assert!(err.to_string().contains("POSTMESH_ENCRYPTION_KEYS"), "{err}");
+        let config = Config::load(&source(&[("POSTMESH_AUTH_KEYS", "/a.pem, /b.pem")])).unwrap();
+        assert_eq!(config.auth_keys, vec![PathBuf::from("/a.pem"), PathBuf::from("/b.pem")]);
     }
 
     #[test]

@@ -68,6 +68,14 @@ impl Kv {
         }
     }
 
+    /// The values of several keys at once (one round trip on Redis).
+    pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        match self {
+            Self::Memory(m) => Ok(keys.iter().map(|k| m.get(k)).collect()),
+            Self::Redis(r) => r.get_many(keys).await,
+        }
+    }
+
     /// Sets `key`, replacing any value; `ttl` of `None` keeps it forever.
     pub async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), KvError> {
         match self {
@@ -319,6 +327,14 @@ impl RedisKv {
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         Ok(self.conn.clone().get(self.key(key)).await?)
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prefixed: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        Ok(redis::cmd("MGET").arg(prefixed).query_async(&mut self.conn.clone()).await?)
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), KvError> {

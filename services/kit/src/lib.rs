@@ -3,6 +3,7 @@
 //! - [`config`]: layered configuration (defaults < `postmesh.toml` < `POSTMESH_*`).
 //! - [`telemetry`]: tracing, metrics and the request context (`x-request-id`, `traceparent`).
 //! - [`server`], [`admin`], [`health`], [`shutdown`]: serving gRPC and HTTP, health and graceful drain.
+//! - [`auth`] and [`crypto`]: tokens, callers, the permission matrix, secrets at rest.
 //! - [`db`]: a database per service (SQLite or PostgreSQL) and migrations.
 //! - [`kv`]: the key-value store (Redis or in memory).
 //! - [`bus`] and [`outbox`]: jobs and events (NATS JetStream or local), written transactionally.
@@ -11,9 +12,12 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod crypto;
 pub mod db;
+pub mod error;
 pub mod health;
 pub mod kv;
 pub mod outbox;

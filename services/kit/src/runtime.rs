@@ -11,8 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
 
+use crate::auth::Auth;
 use crate::bus::{BusError, ConsumerSpec, JobBus, JobHandler};
 use crate::config::Config;
+use crate::crypto::{Cipher, CryptoError};
 use crate::db::{Database, Migrations};
 use crate::health::{Check, Health};
 use crate::kv::{Kv, KvError};
@@ -49,6 +51,9 @@ pub enum StartError {
     /// Reflection could not be built from the descriptor set.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// Keys for tokens or encryption could not be loaded.
+    #[error("keys: {0}")]
+    Keys(#[from] CryptoError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -65,6 +70,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// Key-value store.
     pub kv: Kv,
+    /// Authentication: verifies every call, signs tokens where keys are held.
+    pub auth: Auth,
     /// Health state.
     pub health: Health,
     /// Cancelled on SIGTERM/Ctrl-C (or by a test).
@@ -74,16 +81,26 @@ pub struct Runtime {
     /// Job bus, connected when the first service needs it (the gateway
     /// alone does not).
     bus: Option<JobBus>,
+    /// Secrets-at-rest cipher, loaded when the first service needs it.
+    cipher: Option<Cipher>,
     routes: Routes,
     services: Vec<&'static str>,
     databases: Vec<Database>,
 }
 
 impl Runtime {
-    /// Connects the key-value store and sets up health.
-    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+    /// Connects the key-value store and sets up authentication and health.
+    /// `name` identifies the process in service tokens; `signs_tokens` says
+    /// the user service runs here, so the token key ring is loaded.
+    pub async fn start(
+        config: Config,
+        name: &str,
+        signs_tokens: bool,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let kv = Kv::connect(&config).await?;
+        let auth = Auth::new(&config, kv.clone(), name, signs_tokens)?;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let health = Health::new(reporter).await;
         let kv_check = kv.clone();
@@ -94,6 +111,8 @@ impl Runtime {
         Ok(Self {
             config,
             kv,
+            auth,
+            cipher: None,
             bus: None,
             health,
             shutdown,
@@ -119,10 +138,25 @@ impl Runtime {
         Ok(bus)
     }
 
+    /// The cipher for secrets at rest: the configured keys, or a key
+    /// generated under the data directory.
+    pub fn cipher(&mut self) -> Result<Cipher, StartError> {
+        if let Some(cipher) = &self.cipher {
+            return Ok(cipher.clone());
+        }
+        let cipher = match &self.config.encryption_keys {
+            Some(keys) => Cipher::from_spec(keys.expose())?,
+            None => Cipher::load_or_generate(&self.config.data_dir.join("keys"))?,
+        };
+        self.cipher = Some(cipher.clone());
+        Ok(cipher)
+    }
+
     /// Opens and migrates `spec`'s database, starts its outbox relay and
     /// registers its health; returns what the service needs to run.
     pub async fn service(&mut self, spec: ServiceSpec) -> Result<ServiceDeps, StartError> {
         let bus = self.bus().await?;
+        let cipher = self.cipher()?;
         let db_error = |source| StartError::Database { schema: spec.name.to_owned(), source };
         let db = Database::connect(&self.config, spec.name).await.map_err(db_error)?;
         db.migrate(spec.migrations).await.map_err(db_error)?;
@@ -154,6 +188,8 @@ impl Runtime {
             db,
             kv: self.kv.clone(),
             bus,
+            auth: self.auth.clone(),
+            cipher,
             outbox,
             shutdown: self.shutdown.clone(),
             tasks: self.tasks.clone(),
@@ -225,6 +261,10 @@ pub struct ServiceDeps {
     pub kv: Kv,
     /// Job bus (to consume; publishing goes through the outbox).
     pub bus: JobBus,
+    /// Authentication state (key ring, revocations, service tokens).
+    pub auth: Auth,
+    /// Cipher for secrets at rest.
+    pub cipher: Cipher,
     /// The service's outbox.
     pub outbox: Outbox,
     /// Cancelled on shutdown.

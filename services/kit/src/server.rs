@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth::Auth;
 use crate::telemetry::RequestContextLayer;
 
 /// A bound listener and its address.
@@ -49,17 +50,22 @@ pub fn add_reflection(routes: Routes, services: &[&str]) -> Result<Routes, tonic
 }
 
 /// Serves gRPC `routes` on `bound` until `shutdown`, then stops accepting
-/// and waits up to `grace` for in-flight calls.
+/// and waits up to `grace` for in-flight calls. Every call passes `auth`.
 pub async fn serve_grpc(
     bound: Bound,
     routes: Routes,
+    auth: Auth,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(bound.listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
-        // Request id, trace context, span and metrics for every call.
+        // Outermost: request id, trace context, span and metrics for every
+        // call, rejected ones included.
         .layer(RequestContextLayer)
+        // Then the contract's access rules: the handler only runs for an
+        // admitted caller, which it finds in the request extensions.
+        .layer(auth.layer())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     drain_within(server, shutdown, grace, "grpc").await

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::auth::{Auth, Claims, Role, TokenKind};
 use crate::config::{Config, ConfigSource};
 
 /// Environment variable naming a PostgreSQL server for tests.
@@ -191,6 +192,102 @@ fn with_database(url: &str, database: &str) -> String {
     let mut url = url::Url::parse(url).expect("test database URL parses");
     url.set_path(&format!("/{database}"));
     url.to_string()
+}
+
+/// Authentication for a test process that holds its own key ring (as
+/// `postmesh dev` does).
+pub async fn auth(env: &TestEnv) -> Auth {
+    let kv = crate::kv::Kv::connect(&env.config).await.expect("key-value store");
+    Auth::new(&env.config, kv, "test", true).expect("test keys")
+}
+
+/// An access token for `user_id` with `roles` in `workspace_id`, signed by
+/// `auth`'s key ring.
+pub fn access_token(auth: &Auth, user_id: &str, workspace_id: &str, roles: &[Role]) -> String {
+    let settings = auth.settings();
+    let mut claims = Claims::new(settings, TokenKind::Access, user_id, settings.access_ttl);
+    claims.ws = Some(workspace_id.to_owned());
+    claims.roles = roles.to_vec();
+    claims.sid = Some(uuid::Uuid::now_v7().to_string());
+    auth.key_ring().expect("test auth holds keys").sign(&claims)
+}
+
+/// A gRPC server of the crate under test, started the way `postmesh serve`
+/// starts one: [`TestServer::builder`] binds a free port and starts the
+/// runtime; mount services on `builder.runtime`, then [`TestServerBuilder::serve`].
+pub struct TestServer {
+    /// The server's address.
+    pub addr: SocketAddr,
+    /// Its authentication state (key ring, revocations).
+    pub auth: Auth,
+    /// Its key-value store.
+    pub kv: crate::kv::Kv,
+    /// Its job bus.
+    pub bus: crate::bus::JobBus,
+    _runtime: crate::Runtime,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// See [`TestServer`].
+pub struct TestServerBuilder {
+    /// The runtime to mount services on.
+    pub runtime: crate::Runtime,
+    bound: crate::server::Bound,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl TestServer {
+    /// Binds a port and starts a runtime named `name`; with `signs_tokens`
+    /// the process holds the key ring and is its own user service.
+    pub async fn builder(env: &TestEnv, name: &str, signs_tokens: bool) -> TestServerBuilder {
+        let bound = crate::server::Bound::bind("127.0.0.1:0".parse().expect("loopback")).await.expect("bind");
+        let mut config = env.config.clone();
+        if signs_tokens {
+            let own = format!("http://{}", bound.addr()).try_into().expect("valid URL");
+            config.set_service_url("user", own);
+        }
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let runtime = crate::Runtime::start(config, name, signs_tokens, shutdown.clone())
+            .await
+            .expect("runtime starts");
+        TestServerBuilder { runtime, bound, shutdown }
+    }
+
+    /// A channel to the server.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .expect("URL")
+            .connect()
+            .await
+            .expect("server reachable")
+    }
+}
+
+impl TestServerBuilder {
+    /// Starts serving what was mounted.
+    pub async fn serve(mut self) -> TestServer {
+        let addr = self.bound.addr();
+        let routes = self.runtime.grpc_routes().expect("routes");
+        self.runtime.start_health_checks().await;
+        let auth = self.runtime.auth.clone();
+        let kv = self.runtime.kv.clone();
+        let bus = self.runtime.bus().await.expect("bus connects");
+        let grace = self.runtime.config.shutdown_grace;
+        tokio::spawn(crate::server::serve_grpc(
+            self.bound,
+            routes,
+            auth.clone(),
+            self.shutdown.clone(),
+            grace,
+        ));
+        TestServer { addr, auth, kv, bus, _runtime: self.runtime, shutdown: self.shutdown }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 /// A TCP proxy in front of a real server that a test can cut and restore,

@@ -40,7 +40,9 @@ async fn statuses_follow_dependency_checks_over_grpc() {
     let bound = Bound::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = bound.addr();
     let shutdown = CancellationToken::new();
-    tokio::spawn(serve_grpc(bound, Routes::new(service), shutdown.clone(), Duration::from_secs(1)));
+    let env = TestEnv::new().await;
+    let auth = postmesh_kit::testing::auth(&env).await;
+    tokio::spawn(serve_grpc(bound, Routes::new(service), auth, shutdown.clone(), Duration::from_secs(1)));
     let channel =
         tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     let mut client = HealthClient::new(channel);
@@ -107,7 +109,7 @@ async fn readiness_follows_real_connections() {
         proxied.set_port(Some(proxy.addr().port())).unwrap();
         let config = env.config_with(variable, proxied.as_str());
         let shutdown = CancellationToken::new();
-        let mut runtime = Runtime::start(config, shutdown.clone()).await.unwrap();
+        let mut runtime = Runtime::start(config, "test", false, shutdown.clone()).await.unwrap();
         runtime.bus().await.unwrap();
         runtime.start_health_checks().await;
         // NATS connects in the background, so allow the first checks to pass.

@@ -2,6 +2,7 @@
 //! backends the environment names (see `postmesh_kit::testing`): CI runs
 //! them once embedded and once on PostgreSQL, Redis and NATS.
 
+mod auth;
 mod bus;
 mod health;
 mod kv;

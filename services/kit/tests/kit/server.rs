@@ -4,8 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use postmesh_kit::auth::Role;
 use postmesh_kit::server::{Bound, serve_grpc};
 use postmesh_kit::telemetry::RequestContext;
+use postmesh_kit::testing::{TestEnv, access_token};
 use postmesh_proto::postmesh::ai::v1::ai_service_client::AiServiceClient;
 use postmesh_proto::postmesh::ai::v1::ai_service_server::{AiService, AiServiceServer};
 use postmesh_proto::postmesh::ai::v1::{
@@ -37,6 +39,8 @@ impl AiService for Slow {
 
 struct Running {
     addr: std::net::SocketAddr,
+    token: String,
+    _env: TestEnv,
     started: mpsc::UnboundedReceiver<Option<RequestContext>>,
     release: Arc<Notify>,
     shutdown: CancellationToken,
@@ -50,16 +54,32 @@ async fn start() -> Running {
     let bound = Bound::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = bound.addr();
     let shutdown = CancellationToken::new();
-    let server =
-        tokio::spawn(serve_grpc(bound, Routes::new(service), shutdown.clone(), Duration::from_secs(10)));
-    Running { addr, started, release, shutdown, server }
+    let env = TestEnv::new().await;
+    let auth = postmesh_kit::testing::auth(&env).await;
+    let token = access_token(&auth, "user-1", "workspace-1", &[Role::Editor]);
+    let server = tokio::spawn(serve_grpc(
+        bound,
+        Routes::new(service),
+        auth,
+        shutdown.clone(),
+        Duration::from_secs(10),
+    ));
+    Running { addr, token, _env: env, started, release, shutdown, server }
+}
+
+impl Running {
+    fn signed<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse().unwrap());
+        request
+    }
 }
 
 #[tokio::test]
 async fn request_ids_are_kept_echoed_and_made_current() {
     let mut running = start().await;
     let mut client = AiServiceClient::connect(format!("http://{}", running.addr)).await.unwrap();
-    let mut request = Request::new(GetModelsStatusRequest::default());
+    let mut request = running.signed(GetModelsStatusRequest::default());
     request.metadata_mut().insert("x-request-id", "abc-123".parse().unwrap());
     request
         .metadata_mut()
@@ -73,7 +93,8 @@ async fn request_ids_are_kept_echoed_and_made_current() {
     assert_eq!(response.metadata().get("x-request-id").unwrap(), "abc-123", "echoed to the caller");
 
     let mut client = AiServiceClient::connect(format!("http://{}", running.addr)).await.unwrap();
-    let call = tokio::spawn(async move { client.get_models_status(GetModelsStatusRequest::default()).await });
+    let request = running.signed(GetModelsStatusRequest::default());
+    let call = tokio::spawn(async move { client.get_models_status(request).await });
     let generated = running.started.recv().await.unwrap().unwrap();
     running.release.notify_one();
     let response = call.await.unwrap().unwrap();
@@ -86,7 +107,8 @@ async fn request_ids_are_kept_echoed_and_made_current() {
 async fn rpcs_not_built_yet_answer_unimplemented() {
     let running = start().await;
     let mut client = AiServiceClient::connect(format!("http://{}", running.addr)).await.unwrap();
-    let status = client.analyze_sentiment(AnalyzeSentimentRequest::default()).await.unwrap_err();
+    let status =
+        client.analyze_sentiment(running.signed(AnalyzeSentimentRequest::default())).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
     running.shutdown.cancel();
 }
@@ -95,7 +117,8 @@ async fn rpcs_not_built_yet_answer_unimplemented() {
 async fn shutdown_stops_accepting_and_drains_in_flight_calls() {
     let mut running = start().await;
     let mut client = AiServiceClient::connect(format!("http://{}", running.addr)).await.unwrap();
-    let call = tokio::spawn(async move { client.get_models_status(GetModelsStatusRequest::default()).await });
+    let request = running.signed(GetModelsStatusRequest::default());
+    let call = tokio::spawn(async move { client.get_models_status(request).await });
     running.started.recv().await.unwrap();
 
     running.shutdown.cancel();
