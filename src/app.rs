@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use postmesh_kit::config::ServiceUrl;
 use postmesh_kit::server::{Bound, serve_grpc, serve_http};
 use postmesh_kit::{Config, Runtime, StartError};
 use tokio::task::JoinSet;
@@ -33,13 +34,36 @@ pub struct App {
 impl App {
     /// Connects, migrates, binds and starts serving. Returns once health
     /// has been checked for the first time.
-    pub async fn build(config: Config, mode: Mode, shutdown: CancellationToken) -> Result<Self, StartError> {
-        let mut runtime = Runtime::start(config, shutdown.clone()).await?;
-        let config = runtime.config.clone();
+    pub async fn build(
+        mut config: Config,
+        mode: Mode,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
         let components: Vec<Component> = match mode {
             Mode::Dev => Component::SERVICES.to_vec(),
             Mode::Serve(component) => vec![component],
         };
+        let serves_grpc = components.iter().any(|c| c.spec().is_some());
+        // Bind first, so the process knows its own address: services it
+        // runs itself are reached there (the user service for API keys).
+        let grpc_bound = if serves_grpc { Some(bind(config.listen).await?) } else { None };
+        if let Some(bound) = &grpc_bound {
+            let own: ServiceUrl = format!("http://{}", loopback(bound.addr()))
+                .try_into()
+                .expect("a socket address makes a valid URL");
+            for component in &components {
+                if let Some(spec) = component.spec() {
+                    config.set_service_url(spec.name, own.clone());
+                }
+            }
+        }
+        let name = match mode {
+            Mode::Dev => "postmesh".to_owned(),
+            Mode::Serve(component) => component.to_string(),
+        };
+        let signs_tokens = components.contains(&Component::User);
+        let mut runtime = Runtime::start(config, &name, signs_tokens, shutdown.clone()).await?;
+        let config = runtime.config.clone();
         for component in &components {
             component.mount(&mut runtime).await?;
         }
@@ -47,17 +71,18 @@ impl App {
         let mut servers = JoinSet::new();
         let grace = config.shutdown_grace;
 
-        let grpc_addr = if runtime.services().is_empty() {
-            None
-        } else {
-            let bound = bind(config.listen).await?;
-            let addr = bound.addr();
-            let routes = runtime.grpc_routes()?;
-            let shutdown = shutdown.clone();
-            servers.spawn(async move {
-                serve_grpc(bound, routes, shutdown, grace).await.map_err(|e| e.to_string())
-            });
-            Some(addr)
+        let grpc_addr = match grpc_bound {
+            None => None,
+            Some(bound) => {
+                let addr = bound.addr();
+                let routes = runtime.grpc_routes()?;
+                let auth = runtime.auth.clone();
+                let shutdown = shutdown.clone();
+                servers.spawn(async move {
+                    serve_grpc(bound, routes, auth, shutdown, grace).await.map_err(|e| e.to_string())
+                });
+                Some(addr)
+            }
         };
 
         let serves_gateway = mode == Mode::Dev || mode == Mode::Serve(Component::Gateway);
@@ -134,6 +159,20 @@ impl App {
             Some(err) => Err(err),
             None => Ok(()),
         }
+    }
+}
+
+/// The address to reach a listener bound to `addr` from this machine.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let ip = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(ip, addr.port())
+    } else {
+        addr
     }
 }
 

@@ -9,6 +9,11 @@
 //! `startup`: `postmesh dev` from spawn to the gRPC health check answering
 //! SERVING, cold (empty data directory: every migration runs) and warm
 //! (existing data), then resident memory after 5 s idle.
+//!
+//! `verify [count]`: access-token verifications per second on one core, as
+//! every service's auth layer does them: signature and claims alone, then
+//! with the revocation lookup (in memory, or Redis when
+//! `POSTMESH_REDIS_URL` is set).
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
@@ -29,7 +34,14 @@ async fn main() -> anyhow::Result<()> {
             let runs = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(10);
             startup(&binary()?, runs).await
         }
-        _ => bail!("usage: postmesh-bench startup [runs]"),
+        Some("verify") => {
+            let count = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
+            // Its own thread and single-threaded runtime: one core's worth.
+            std::thread::spawn(move || verify(count))
+                .join()
+                .map_err(|_| anyhow::anyhow!("benchmark panicked"))?
+        }
+        _ => bail!("usage: postmesh-bench startup [runs] | verify [count]"),
     }
 }
 
@@ -91,6 +103,47 @@ async fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<Started> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(Started { child, to_serving: began.elapsed() })
+}
+
+/// Verifications on a single-threaded runtime: one core's worth.
+fn verify(count: usize) -> anyhow::Result<()> {
+    use postmesh_kit::auth::{Auth, Claims, Role, TokenKind};
+    use postmesh_kit::config::{Config, ConfigSource};
+
+    let dir = tempfile::tempdir()?;
+    let mut env = vec![("POSTMESH_DATA_DIR".to_owned(), dir.path().display().to_string())];
+    if let Ok(url) = std::env::var("POSTMESH_REDIS_URL") {
+        env.push(("POSTMESH_REDIS_URL".to_owned(), url));
+    }
+    let config = Config::load(&ConfigSource { env, ..ConfigSource::default() })?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let kv = postmesh_kit::kv::Kv::connect(&config).await?;
+        let backend = kv.backend_name();
+        let auth = Auth::new(&config, kv, "bench", true)?;
+        let settings = auth.settings();
+        let mut claims = Claims::new(settings, TokenKind::Access, "user-1", settings.access_ttl);
+        claims.ws = Some("workspace-1".into());
+        claims.roles = vec![Role::Editor];
+        claims.sid = Some("session-1".into());
+        let token = auth.key_ring().expect("keys").sign(&claims);
+
+        let started = Instant::now();
+        for _ in 0..count {
+            auth.verifier().verify_signature_and_claims(&token).await?;
+        }
+        let signature_only = count as f64 / started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        for _ in 0..count {
+            auth.verifier().verify(&token).await?.caller();
+        }
+        let full = count as f64 / started.elapsed().as_secs_f64();
+        println!("access token verification on one core, {count} tokens");
+        println!("  signature and claims:                        {signature_only:>9.0} /s");
+        println!("  plus revocation lookup ({backend:>6}) and caller: {full:>9.0} /s");
+        Ok::<(), anyhow::Error>(())
+    })
 }
 
 fn resident_kib(pid: u32) -> anyhow::Result<(u64, u64)> {

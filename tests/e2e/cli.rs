@@ -98,3 +98,13 @@ fn the_configuration_reference_lists_every_variable() {
         );
     }
 }
+
+#[test]
+fn the_permission_matrix_in_docs_is_the_one_enforced() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PERMISSIONS.md")).unwrap();
+    let generated = postmesh_kit::auth::permission_matrix_markdown();
+    assert!(
+        doc.contains(&generated),
+        "docs/PERMISSIONS.md is out of date; its generated part should read:\n\n{generated}"
+    );
+}

@@ -5,7 +5,9 @@ use postmesh_proto::postmesh::content::v1::ListPostsRequest;
 use postmesh_proto::postmesh::content::v1::content_service_client::ContentServiceClient;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{Process, SERVICES, check, get_json, reflected_services, wait_serving};
+use crate::helpers::{
+    Process, SERVICES, bearer, check, get_json, reflected_services, register, wait_serving,
+};
 
 #[tokio::test]
 async fn dev_serves_every_service_with_health_and_reflection() {
@@ -33,8 +35,9 @@ async fn dev_serves_every_service_with_health_and_reflection() {
 async fn dev_answers_rpcs_of_later_issues_with_unimplemented_and_echoes_request_ids() {
     let env = TestEnv::new().await;
     let process = Process::start(&env, &["dev"]);
+    let (access, _, _) = register(process.channel().await, "unimplemented").await;
     let mut content = ContentServiceClient::new(process.channel().await);
-    let mut request = tonic::Request::new(ListPostsRequest::default());
+    let mut request = bearer(ListPostsRequest::default(), &access);
     request.metadata_mut().insert("x-request-id", "e2e-request-1".parse().unwrap());
     let status = content.list_posts(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);

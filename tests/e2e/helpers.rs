@@ -52,8 +52,14 @@ pub struct Process {
 impl Process {
     /// Starts `postmesh <args>` and waits for its ready line.
     pub fn start(env: &TestEnv, args: &[&str]) -> Self {
+        Self::start_with(env, args, &[])
+    }
+
+    /// Like [`Process::start`], with extra environment variables.
+    pub fn start_with(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Self {
         let stderr = env.data_dir().join(format!("stderr-{}.log", rand_suffix()));
         let mut child = postmesh(env, args)
+            .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
@@ -181,6 +187,34 @@ pub async fn reflected_services(channel: Channel) -> (Vec<String>, Vec<String>) 
         other => panic!("unexpected reflection answer {other:?}"),
     };
     (v1_names, alpha_names)
+}
+
+/// A password that passes the policy.
+pub const PASSWORD: &str = "violet-ocean-lantern-42";
+
+/// Registers a fresh account; returns (access token, refresh token, workspace id).
+pub async fn register(channel: Channel, name: &str) -> (String, String, String) {
+    use postmesh_proto::postmesh::user::v1 as pb;
+    let mut client = pb::user_service_client::UserServiceClient::new(channel);
+    let response = client
+        .register(pb::RegisterRequest {
+            email: format!("{name}.{}@example.com", uuid::Uuid::now_v7().simple()),
+            password: PASSWORD.into(),
+            display_name: name.into(),
+            workspace_name: String::new(),
+        })
+        .await
+        .expect("registration works")
+        .into_inner();
+    let tokens = response.tokens.expect("tokens");
+    (tokens.access_token, tokens.refresh_token, response.workspace.expect("workspace").id)
+}
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header value"));
+    request
 }
 
 /// GET on the process's HTTP side; status and JSON body.

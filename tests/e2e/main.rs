@@ -2,6 +2,7 @@
 //! talk to it over gRPC and HTTP, on whichever backends the environment
 //! names (see `postmesh_kit::testing`).
 
+mod auth;
 mod cli;
 mod dev;
 mod helpers;
