@@ -119,6 +119,22 @@ async fn repeated_failures_back_off_per_account() {
 }
 
 #[tokio::test]
+async fn one_address_guessing_many_accounts_is_slowed_down() {
+    let app = spawn_app().await;
+    let victim = app.register("victim").await;
+    // Twenty failures from one address, each on a different account, stay
+    // under every account's own limit but reach the address's.
+    for _ in 0..21 {
+        assert_code(
+            app.login(&unique_email("guess"), "wrong-password-but-long").await,
+            Code::Unauthenticated,
+        );
+    }
+    let status = assert_code(app.login(&victim.email, PASSWORD).await, Code::ResourceExhausted);
+    assert!(status.message().contains("too many failed logins"), "{}", status.message());
+}
+
+#[tokio::test]
 async fn profiles_update_through_a_field_mask() {
     let app = spawn_app().await;
     let account = app.register("profile").await;
