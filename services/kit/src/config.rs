@@ -93,7 +93,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "user_url",
         default: "(this process in `dev`)",
-        help: "address of the user service, e.g. http://user:50051",
+        help: "address of the user service, e.g. http://user:50051; several comma-separated, each host re-resolved by DNS",
     },
     KeyDoc { key: "content_url", default: "(this process in `dev`)", help: "address of the content service" },
     KeyDoc { key: "social_url", default: "(this process in `dev`)", help: "address of the social service" },
@@ -131,6 +131,60 @@ pub const KEYS: &[KeyDoc] = &[
         key: "encryption_keys",
         default: "(one generated under data_dir/keys)",
         help: "AEAD keys for secrets at rest as `id:base64(32 bytes)`, comma-separated; the first encrypts",
+    },
+    KeyDoc {
+        key: "client_timeout",
+        default: "10s",
+        help: "deadline of a call to another service when the caller has none",
+    },
+    KeyDoc {
+        key: "client_method_timeouts",
+        default: "(none)",
+        help: "per-method deadlines, e.g. `postmesh.ai.v1.AiService/GenerateContent=60s,...`",
+    },
+    KeyDoc {
+        key: "client_breaker_failure_rate",
+        default: "0.5",
+        help: "failure rate (0-1) over the window that opens a target's breaker",
+    },
+    KeyDoc { key: "client_breaker_window", default: "20", help: "calls in the breaker's sliding window" },
+    KeyDoc {
+        key: "client_breaker_minimum_calls",
+        default: "5",
+        help: "calls in the window before the failure rate counts",
+    },
+    KeyDoc {
+        key: "client_breaker_open_for",
+        default: "5s",
+        help: "how long an open breaker fails fast before probing",
+    },
+    KeyDoc { key: "client_breaker_probes", default: "3", help: "probe calls allowed while half-open" },
+    KeyDoc {
+        key: "client_retries",
+        default: "2",
+        help: "retries of an idempotent call that failed with UNAVAILABLE or a connection error",
+    },
+    KeyDoc {
+        key: "client_retry_budget",
+        default: "0.2",
+        help: "retries allowed as a share of calls (plus 10/s), so retries cannot multiply an outage",
+    },
+    KeyDoc {
+        key: "client_retry_backoff",
+        default: "25ms",
+        help: "first retry delay (doubling, with jitter)",
+    },
+    KeyDoc {
+        key: "client_concurrency",
+        default: "512",
+        help: "calls in flight to one target service; beyond it calls are refused at once",
+    },
+    KeyDoc { key: "client_connect_timeout", default: "1s", help: "TCP connect timeout to another service" },
+    KeyDoc { key: "client_dns_refresh", default: "5s", help: "how often service host names are re-resolved" },
+    KeyDoc {
+        key: "server_concurrency_per_connection",
+        default: "256",
+        help: "calls served at once per connection; beyond it RESOURCE_EXHAUSTED at once",
     },
     KeyDoc {
         key: "shutdown_grace",
@@ -196,19 +250,52 @@ pub struct Config {
     /// Log output format.
     pub log_format: LogFormat,
     /// Address of the user service.
-    pub user_url: Option<ServiceUrl>,
+    pub user_url: Option<ServiceUrls>,
     /// Address of the content service.
-    pub content_url: Option<ServiceUrl>,
+    pub content_url: Option<ServiceUrls>,
     /// Address of the social service.
-    pub social_url: Option<ServiceUrl>,
+    pub social_url: Option<ServiceUrls>,
     /// Address of the analytics service.
-    pub analytics_url: Option<ServiceUrl>,
+    pub analytics_url: Option<ServiceUrls>,
     /// Address of the ai service.
-    pub ai_url: Option<ServiceUrl>,
+    pub ai_url: Option<ServiceUrls>,
     /// Address of the notification service.
-    pub notification_url: Option<ServiceUrl>,
+    pub notification_url: Option<ServiceUrls>,
     /// Address of the webhook service.
-    pub webhook_url: Option<ServiceUrl>,
+    pub webhook_url: Option<ServiceUrls>,
+    /// Deadline of outgoing calls without one.
+    #[serde(with = "human_duration")]
+    pub client_timeout: Duration,
+    /// Per-method deadlines of outgoing calls.
+    pub client_method_timeouts: MethodTimeouts,
+    /// Failure rate opening a breaker.
+    pub client_breaker_failure_rate: f64,
+    /// Calls in the breaker window.
+    pub client_breaker_window: usize,
+    /// Calls before the failure rate counts.
+    pub client_breaker_minimum_calls: usize,
+    /// Time an open breaker waits before probing.
+    #[serde(with = "human_duration")]
+    pub client_breaker_open_for: Duration,
+    /// Probe calls while half-open.
+    pub client_breaker_probes: usize,
+    /// Retries of idempotent calls.
+    pub client_retries: u32,
+    /// Retries as a share of calls.
+    pub client_retry_budget: f32,
+    /// First retry delay.
+    #[serde(with = "human_duration")]
+    pub client_retry_backoff: Duration,
+    /// Calls in flight per target.
+    pub client_concurrency: usize,
+    /// Connect timeout.
+    #[serde(with = "human_duration")]
+    pub client_connect_timeout: Duration,
+    /// DNS refresh period.
+    #[serde(with = "human_duration")]
+    pub client_dns_refresh: Duration,
+    /// Calls served at once per connection.
+    pub server_concurrency_per_connection: usize,
     /// Token signing key files; the first signs.
     #[serde(with = "path_list")]
     pub auth_keys: Vec<PathBuf>,
@@ -270,6 +357,20 @@ impl Default for Config {
             ai_url: None,
             notification_url: None,
             webhook_url: None,
+            client_timeout: Duration::from_secs(10),
+            client_method_timeouts: MethodTimeouts::default(),
+            client_breaker_failure_rate: 0.5,
+            client_breaker_window: 20,
+            client_breaker_minimum_calls: 5,
+            client_breaker_open_for: Duration::from_secs(5),
+            client_breaker_probes: 3,
+            client_retries: 2,
+            client_retry_budget: 0.2,
+            client_retry_backoff: Duration::from_millis(25),
+            client_concurrency: 512,
+            client_connect_timeout: Duration::from_secs(1),
+            client_dns_refresh: Duration::from_secs(5),
+            server_concurrency_per_connection: 256,
             auth_keys: Vec::new(),
             auth_issuer: "postmesh".into(),
             auth_audience: "postmesh".into(),
@@ -325,6 +426,26 @@ impl Config {
         if self.jobs_backoff.is_empty() {
             problems.push(problem("jobs_backoff", "needs at least one delay"));
         }
+        if !(self.client_breaker_failure_rate > 0.0 && self.client_breaker_failure_rate <= 1.0) {
+            problems.push(problem("client_breaker_failure_rate", "must be above 0 and at most 1"));
+        }
+        if !(0.0..=1.0).contains(&self.client_retry_budget) {
+            problems.push(problem("client_retry_budget", "must be between 0 and 1"));
+        }
+        for (key, value) in [
+            ("client_breaker_window", self.client_breaker_window),
+            ("client_breaker_minimum_calls", self.client_breaker_minimum_calls),
+            ("client_breaker_probes", self.client_breaker_probes),
+            ("client_concurrency", self.client_concurrency),
+            ("server_concurrency_per_connection", self.server_concurrency_per_connection),
+        ] {
+            if value == 0 {
+                problems.push(problem(key, "must be at least 1"));
+            }
+        }
+        if self.client_breaker_minimum_calls > self.client_breaker_window {
+            problems.push(problem("client_breaker_minimum_calls", "must not exceed client_breaker_window"));
+        }
         if self.auth_access_ttl < Duration::from_secs(60)
             || self.auth_access_ttl > Duration::from_secs(24 * 3600)
         {
@@ -346,6 +467,10 @@ impl Config {
             ("jobs_poll_interval", self.jobs_poll_interval),
             ("outbox_poll_interval", self.outbox_poll_interval),
             ("health_interval", self.health_interval),
+            ("client_timeout", self.client_timeout),
+            ("client_connect_timeout", self.client_connect_timeout),
+            ("client_dns_refresh", self.client_dns_refresh),
+            ("client_breaker_open_for", self.client_breaker_open_for),
         ] {
             if value.is_zero() {
                 problems.push(problem(key, "must be longer than zero"));
@@ -359,7 +484,7 @@ impl Config {
 
     /// Points `service` at `url` (a process reaches the services it runs
     /// itself on its own listener).
-    pub fn set_service_url(&mut self, service: &str, url: ServiceUrl) {
+    pub fn set_service_url(&mut self, service: &str, url: ServiceUrls) {
         let slot = match service {
             "user" => &mut self.user_url,
             "content" => &mut self.content_url,
@@ -373,8 +498,8 @@ impl Config {
         *slot = Some(url);
     }
 
-    /// The configured address of another service, if any.
-    pub fn service_url(&self, service: &str) -> Option<&ServiceUrl> {
+    /// The configured addresses of another service, if any.
+    pub fn service_url(&self, service: &str) -> Option<&ServiceUrls> {
         match service {
             "user" => self.user_url.as_ref(),
             "content" => self.content_url.as_ref(),
@@ -608,10 +733,98 @@ url_type!(
     /// A NATS URL (`nats://` or `tls://`).
     NatsUrl, ["nats", "tls"]
 );
-url_type!(
-    /// Address of another postmesh service (`http://` or `https://`).
-    ServiceUrl, ["http", "https"]
-);
+
+/// One or more addresses of a service (`http://` or `https://`),
+/// comma-separated; each host is re-resolved by DNS, so a Kubernetes
+/// headless service name reaches every replica.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ServiceUrls(Vec<url::Url>);
+
+impl ServiceUrls {
+    /// The addresses.
+    pub fn urls(&self) -> &[url::Url] {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ServiceUrls {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        let urls: Vec<url::Url> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let url = parse_url(s, &["http", "https"])?;
+                if url.host_str().is_none() {
+                    return Err(format!("`{s}` has no host"));
+                }
+                Ok(url)
+            })
+            .collect::<Result<_, String>>()?;
+        if urls.is_empty() { Err("no address given".into()) } else { Ok(Self(urls)) }
+    }
+}
+
+impl From<ServiceUrls> for String {
+    fn from(value: ServiceUrls) -> String {
+        value.0.iter().map(url::Url::as_str).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl fmt::Debug for ServiceUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: Vec<String> = self.0.iter().map(|u| redact(u.as_str())).collect();
+        f.write_str(&shown.join(","))
+    }
+}
+
+/// Deadlines for particular methods: `package.Service/Method=duration`,
+/// comma-separated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MethodTimeouts(Vec<(String, Duration)>);
+
+impl MethodTimeouts {
+    /// The deadline for the gRPC path `/package.Service/Method`, if set.
+    pub fn get(&self, path: &str) -> Option<Duration> {
+        let path = path.trim_start_matches('/');
+        self.0.iter().find(|(method, _)| method == path).map(|(_, d)| *d)
+    }
+}
+
+impl TryFrom<String> for MethodTimeouts {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|entry| {
+                let (method, duration) = entry
+                    .split_once('=')
+                    .ok_or_else(|| format!("`{entry}` is not Service/Method=duration"))?;
+                if !method.contains('/') {
+                    return Err(format!("`{method}` is not package.Service/Method"));
+                }
+                Ok((method.trim().to_owned(), human_duration::parse(duration)?))
+            })
+            .collect::<Result<_, String>>()
+            .map(Self)
+    }
+}
+
+impl From<MethodTimeouts> for String {
+    fn from(value: MethodTimeouts) -> String {
+        value
+            .0
+            .iter()
+            .map(|(m, d)| format!("{m}={}", humantime::format_duration(*d)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
 
 /// Prefix that isolates one deployment (or one test) on shared servers:
 /// lower-case letters, digits and `_`, at most 32 characters.
@@ -737,6 +950,15 @@ pub fn env_help() -> String {
     ));
     for key in KEYS {
         out.push_str(&format!("  {:width$}  {} [default: {}]\n", key.env_var(), key.help, key.default));
+    }
+    out
+}
+
+/// [`KEYS`] as the Markdown table of docs/CONFIGURATION.md.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| variable | file key | default | what it does |\n|---|---|---|---|\n");
+    for key in KEYS {
+        out.push_str(&format!("| `{}` | `{}` | {} | {} |\n", key.env_var(), key.key, key.default, key.help));
     }
     out
 }
@@ -870,6 +1092,31 @@ mod tests {
         assert!(err.to_string().contains("POSTMESH_ENCRYPTION_KEYS"), "{err}");
         let config = Config::load(&source(&[("POSTMESH_AUTH_KEYS", "/a.pem, /b.pem")])).unwrap();
         assert_eq!(config.auth_keys, vec![PathBuf::from("/a.pem"), PathBuf::from("/b.pem")]);
+    }
+
+    #[test]
+    fn service_urls_and_method_timeouts_parse() {
+        let config = Config::load(&source(&[
+            ("POSTMESH_USER_URL", "http://user-0:50051, http://user-1:50051"),
+            ("POSTMESH_CLIENT_METHOD_TIMEOUTS", "postmesh.ai.v1.AiService/GenerateContent=60s"),
+            ("POSTMESH_CLIENT_BREAKER_FAILURE_RATE", "0.25"),
+        ]))
+        .unwrap();
+        assert_eq!(config.user_url.unwrap().urls().len(), 2);
+        assert_eq!(
+            config.client_method_timeouts.get("/postmesh.ai.v1.AiService/GenerateContent"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(config.client_breaker_failure_rate, 0.25);
+        for (key, value) in [
+            ("POSTMESH_USER_URL", "http://ok:1,ftp://bad"),
+            ("POSTMESH_CLIENT_METHOD_TIMEOUTS", "NoSlash=1s"),
+            ("POSTMESH_CLIENT_BREAKER_FAILURE_RATE", "2"),
+            ("POSTMESH_CLIENT_CONCURRENCY", "0"),
+        ] {
+            let err = Config::load(&source(&[(key, value)])).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

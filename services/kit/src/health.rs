@@ -63,7 +63,7 @@ pub struct HealthReport {
     /// Latest check per dependency.
     pub dependencies: BTreeMap<String, DependencyHealth>,
     /// Extra sections other components add (e.g. circuit breakers).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
@@ -74,8 +74,12 @@ pub struct Health {
     state: Arc<RwLock<State>>,
 }
 
+/// Produces one extra section of the detailed report.
+type Section = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 #[derive(Default)]
 struct State {
+    sections: BTreeMap<String, Section>,
     checks: Vec<Arc<Check>>,
     /// gRPC service name → names of the checks it depends on.
     services: BTreeMap<String, Vec<String>>,
@@ -105,6 +109,12 @@ impl Health {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         state.checks.retain(|c| c.name != check.name);
         state.checks.push(Arc::new(check));
+    }
+
+    /// Adds a section to the detailed report (e.g. circuit breakers).
+    pub fn add_section(&self, name: &str, section: impl Fn() -> serde_json::Value + Send + Sync + 'static) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.sections.insert(name.to_owned(), Arc::new(section));
     }
 
     /// Declares a gRPC service and the checks it needs to be SERVING.
@@ -211,7 +221,7 @@ impl Health {
             status: if state.ready && state.checked_once && !state.shutting_down { "ok" } else { "degraded" },
             services,
             dependencies: state.results.clone(),
-            extra: BTreeMap::new(),
+            extra: state.sections.iter().map(|(name, section)| (name.clone(), section())).collect(),
         }
     }
 }

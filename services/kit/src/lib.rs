@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: layered configuration (defaults < `postmesh.toml` < `POSTMESH_*`).
 //! - [`telemetry`]: tracing, metrics and the request context (`x-request-id`, `traceparent`).
+//! - [`client`]: the one stack every call to another service goes through.
 //! - [`server`], [`admin`], [`health`], [`shutdown`]: serving gRPC and HTTP, health and graceful drain.
 //! - [`auth`] and [`crypto`]: tokens, callers, the permission matrix, secrets at rest.
 //! - [`db`]: a database per service (SQLite or PostgreSQL) and migrations.
@@ -14,6 +15,7 @@
 pub mod admin;
 pub mod auth;
 pub mod bus;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod db;

@@ -13,6 +13,7 @@ use tonic::service::Routes;
 
 use crate::auth::Auth;
 use crate::bus::{BusError, ConsumerSpec, JobBus, JobHandler};
+use crate::client::Clients;
 use crate::config::Config;
 use crate::crypto::{Cipher, CryptoError};
 use crate::db::{Database, Migrations};
@@ -70,6 +71,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// Key-value store.
     pub kv: Kv,
+    /// Client stacks to other services.
+    pub clients: Clients,
     /// Authentication: verifies every call, signs tokens where keys are held.
     pub auth: Auth,
     /// Health state.
@@ -100,9 +103,12 @@ impl Runtime {
     ) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let kv = Kv::connect(&config).await?;
-        let auth = Auth::new(&config, kv.clone(), name, signs_tokens)?;
+        let clients = Clients::new(config.clone(), shutdown.clone());
+        let auth = Auth::new(&config, kv.clone(), clients.clone(), name, signs_tokens)?;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let health = Health::new(reporter).await;
+        let report = clients.clone();
+        health.add_section("clients", move || report.report());
         let kv_check = kv.clone();
         health.add_check(Check::new(format!("kv:{}", kv.backend_name()), move || {
             let kv = kv_check.clone();
@@ -111,6 +117,7 @@ impl Runtime {
         Ok(Self {
             config,
             kv,
+            clients,
             auth,
             cipher: None,
             bus: None,
@@ -189,6 +196,7 @@ impl Runtime {
             kv: self.kv.clone(),
             bus,
             auth: self.auth.clone(),
+            clients: self.clients.clone(),
             cipher,
             outbox,
             shutdown: self.shutdown.clone(),
@@ -263,6 +271,8 @@ pub struct ServiceDeps {
     pub bus: JobBus,
     /// Authentication state (key ring, revocations, service tokens).
     pub auth: Auth,
+    /// Client stacks to other services.
+    pub clients: Clients,
     /// Cipher for secrets at rest.
     pub cipher: Cipher,
     /// The service's outbox.

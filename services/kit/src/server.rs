@@ -21,9 +21,14 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// Binds `addr`; port 0 picks a free port.
+    /// Binds `addr`; port 0 picks a free port. The address may be reused
+    /// at once, so a restarted process gets its port back.
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let socket =
+            if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
         let addr = listener.local_addr()?;
         Ok(Self { listener, addr })
     }
@@ -49,17 +54,42 @@ pub fn add_reflection(routes: Routes, services: &[&str]) -> Result<Routes, tonic
     Ok(routes.add_service(builder().build_v1()?).add_service(builder().build_v1alpha()?))
 }
 
+/// How a gRPC server limits itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Calls served at once per connection; more are refused at once with
+    /// RESOURCE_EXHAUSTED instead of queueing without bound.
+    pub concurrency_per_connection: usize,
+    /// How long in-flight calls may take to finish after shutdown begins.
+    pub grace: Duration,
+}
+
+impl ServeOptions {
+    /// From the process configuration.
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            concurrency_per_connection: config.server_concurrency_per_connection,
+            grace: config.shutdown_grace,
+        }
+    }
+}
+
 /// Serves gRPC `routes` on `bound` until `shutdown`, then stops accepting
-/// and waits up to `grace` for in-flight calls. Every call passes `auth`.
+/// and waits up to the grace period for in-flight calls. Every call passes
+/// `auth`.
 pub async fn serve_grpc(
     bound: Bound,
     routes: Routes,
     auth: Auth,
     shutdown: CancellationToken,
-    grace: Duration,
+    options: ServeOptions,
 ) -> Result<(), tonic::transport::Error> {
+    let grace = options.grace;
     let incoming = TcpIncoming::from(bound.listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
+        // A bounded number of calls per connection, the rest shed at once.
+        .concurrency_limit_per_connection(options.concurrency_per_connection)
+        .load_shed(true)
         // Outermost: request id, trace context, span and metrics for every
         // call, rejected ones included.
         .layer(RequestContextLayer)

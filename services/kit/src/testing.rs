@@ -198,7 +198,8 @@ fn with_database(url: &str, database: &str) -> String {
 /// `postmesh dev` does).
 pub async fn auth(env: &TestEnv) -> Auth {
     let kv = crate::kv::Kv::connect(&env.config).await.expect("key-value store");
-    Auth::new(&env.config, kv, "test", true).expect("test keys")
+    let clients = crate::client::Clients::new(std::sync::Arc::new(env.config.clone()), Default::default());
+    Auth::new(&env.config, kv, clients, "test", true).expect("test keys")
 }
 
 /// An access token for `user_id` with `roles` in `workspace_id`, signed by
@@ -272,13 +273,13 @@ impl TestServerBuilder {
         let auth = self.runtime.auth.clone();
         let kv = self.runtime.kv.clone();
         let bus = self.runtime.bus().await.expect("bus connects");
-        let grace = self.runtime.config.shutdown_grace;
+        let options = crate::server::ServeOptions::from_config(&self.runtime.config);
         tokio::spawn(crate::server::serve_grpc(
             self.bound,
             routes,
             auth.clone(),
             self.shutdown.clone(),
-            grace,
+            options,
         ));
         TestServer { addr, auth, kv, bus, _runtime: self.runtime, shutdown: self.shutdown }
     }

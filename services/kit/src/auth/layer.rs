@@ -13,9 +13,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use postmesh_proto::postmesh::user::v1 as pb;
 use postmesh_proto::postmesh::user::v1::user_service_client::UserServiceClient;
-use tokio::sync::OnceCell;
 use tonic::Status;
-use tonic::transport::Channel;
 use tower::{Layer, Service};
 
 use super::keys::{Jwk, KeyRing};
@@ -23,6 +21,7 @@ use super::revocation::Revocations;
 use super::rules::{MethodRule, MethodRules};
 use super::token::{ServiceTokens, TokenSettings, Verifier};
 use super::{Caller, CallerKind, Role};
+use crate::client::{Clients, MeshChannel};
 use crate::config::Config;
 use crate::crypto::{CryptoError, sha256_hex};
 use crate::kv::Kv;
@@ -30,34 +29,20 @@ use crate::kv::Kv;
 /// Prefix of every API key.
 pub const API_KEY_PREFIX: &str = "pm_";
 
-/// A lazily connected link to the user service (JWKS, service tokens, API
-/// key resolution).
+/// The link to the user service (JWKS, service tokens, API key
+/// resolution), through the process's client stack.
 #[derive(Clone)]
 pub(crate) struct UserLink {
-    url: Option<String>,
-    channel: Arc<OnceCell<Channel>>,
+    clients: Clients,
 }
 
 impl UserLink {
-    fn new(url: Option<String>) -> Self {
-        Self { url, channel: Arc::new(OnceCell::new()) }
+    fn new(clients: Clients) -> Self {
+        Self { clients }
     }
 
-    async fn client(&self) -> Result<UserServiceClient<Channel>, Status> {
-        let url = self.url.as_deref().ok_or_else(|| {
-            Status::unavailable("no user service configured: set POSTMESH_USER_URL to verify credentials")
-        })?;
-        let channel = self
-            .channel
-            .get_or_try_init(|| async {
-                let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-                    .map_err(|e| Status::internal(format!("user service URL: {e}")))?
-                    .connect_timeout(Duration::from_secs(5))
-                    .timeout(Duration::from_secs(10));
-                Ok::<Channel, Status>(endpoint.connect_lazy())
-            })
-            .await?;
-        Ok(UserServiceClient::new(channel.clone()))
+    async fn client(&self) -> Result<UserServiceClient<MeshChannel>, Status> {
+        Ok(UserServiceClient::new(self.clients.channel("user").await?))
     }
 
     pub(crate) async fn jwks(&self) -> Result<Vec<Jwk>, Status> {
@@ -90,16 +75,9 @@ impl UserLink {
         Ok((response.access_token, ttl))
     }
 
-    async fn authenticate_api_key(
-        &self,
-        key: &str,
-        service_token: &str,
-    ) -> Result<(Caller, Duration), Status> {
-        let mut request = tonic::Request::new(pb::AuthenticateApiKeyRequest { api_key: key.to_owned() });
-        let bearer = format!("Bearer {service_token}")
-            .parse()
-            .map_err(|_| Status::internal("service token is not a valid header value"))?;
-        request.metadata_mut().insert("authorization", bearer);
+    async fn authenticate_api_key(&self, key: &str) -> Result<(Caller, Duration), Status> {
+        // The client stack presents this process's service token.
+        let request = tonic::Request::new(pb::AuthenticateApiKeyRequest { api_key: key.to_owned() });
         let response = self.client().await?.authenticate_api_key(request).await?.into_inner();
         let caller =
             response.caller.ok_or_else(|| Status::internal("user service answered without a caller"))?;
@@ -144,7 +122,7 @@ impl ApiKeyResolver {
         format!("auth:apikey:{key_hash}")
     }
 
-    async fn resolve(&self, key: &str, service_tokens: &ServiceTokens) -> Result<Caller, Status> {
+    async fn resolve(&self, key: &str) -> Result<Caller, Status> {
         let invalid = || Status::unauthenticated("invalid API key");
         if !key.starts_with(API_KEY_PREFIX) || key.len() > 128 {
             return Err(invalid());
@@ -160,8 +138,7 @@ impl ApiKeyResolver {
             }
             return Ok(caller);
         }
-        let token = service_tokens.token().await?;
-        let (caller, ttl) = self.link.authenticate_api_key(key, &token).await?;
+        let (caller, ttl) = self.link.authenticate_api_key(key).await?;
         if let Ok(json) = serde_json::to_vec(&caller) {
             // A cache failure only costs a lookup next time.
             let _ = self.kv.set(&cache_key, &json, Some(ttl)).await;
@@ -183,7 +160,7 @@ struct AuthInner {
     verifier: Verifier,
     revocations: Revocations,
     api_keys: ApiKeyResolver,
-    service_tokens: ServiceTokens,
+    service_tokens: Arc<ServiceTokens>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -196,24 +173,31 @@ impl Auth {
     /// Sets up authentication for a process named `service_name`. With
     /// `holds_keys` (the user service is in this process) it loads the key
     /// ring; otherwise keys come from the user service's JWKS.
-    pub fn new(config: &Config, kv: Kv, service_name: &str, holds_keys: bool) -> Result<Self, CryptoError> {
+    pub fn new(
+        config: &Config,
+        kv: Kv,
+        clients: Clients,
+        service_name: &str,
+        holds_keys: bool,
+    ) -> Result<Self, CryptoError> {
         let settings = TokenSettings::from_config(config);
         let revocations = Revocations::new(kv.clone(), settings.longest_token_ttl());
-        let link = UserLink::new(config.user_url.as_ref().map(|u| u.expose().to_string()));
+        let link = UserLink::new(clients.clone());
         let ring = if holds_keys {
             Some(Arc::new(KeyRing::load(&config.auth_keys, &config.data_dir)?))
         } else {
             None
         };
         let verifier = Verifier::new(settings.clone(), ring.as_deref(), link.clone(), revocations.clone());
-        let service_tokens = match &ring {
+        let service_tokens = Arc::new(match &ring {
             Some(ring) => ServiceTokens::local(service_name.to_owned(), ring.clone(), settings.clone()),
             None => ServiceTokens::remote(
                 service_name.to_owned(),
                 link.clone(),
                 config.auth_service_secret.as_ref().map(|s| s.expose().clone()).unwrap_or_default(),
             ),
-        };
+        });
+        clients.set_service_tokens(service_tokens.clone());
         let api_keys = ApiKeyResolver { kv, link, revocations: revocations.clone() };
         Ok(Self {
             inner: Arc::new(AuthInner {
@@ -268,9 +252,7 @@ impl Auth {
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Caller>, Status> {
         match credential(headers)? {
             None => Ok(None),
-            Some(Credential::ApiKey(key)) => {
-                self.inner.api_keys.resolve(&key, &self.inner.service_tokens).await.map(Some)
-            }
+            Some(Credential::ApiKey(key)) => self.inner.api_keys.resolve(&key).await.map(Some),
             Some(Credential::Bearer(token)) => Ok(Some(self.inner.verifier.verify(&token).await?.caller())),
         }
     }

@@ -9,7 +9,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use postmesh_kit::Runtime;
 use postmesh_kit::health::{Check, Health, LIVENESS, READINESS};
-use postmesh_kit::server::{Bound, serve_grpc};
+use postmesh_kit::server::{Bound, ServeOptions, serve_grpc};
+
+fn options(grace: Duration) -> ServeOptions {
+    ServeOptions { concurrency_per_connection: 64, grace }
+}
 use postmesh_kit::testing::{ChaosProxy, TestEnv, eventually, socket_addr};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -42,7 +46,13 @@ async fn statuses_follow_dependency_checks_over_grpc() {
     let shutdown = CancellationToken::new();
     let env = TestEnv::new().await;
     let auth = postmesh_kit::testing::auth(&env).await;
-    tokio::spawn(serve_grpc(bound, Routes::new(service), auth, shutdown.clone(), Duration::from_secs(1)));
+    tokio::spawn(serve_grpc(
+        bound,
+        Routes::new(service),
+        auth,
+        shutdown.clone(),
+        options(Duration::from_secs(1)),
+    ));
     let channel =
         tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     let mut client = HealthClient::new(channel);

@@ -4,6 +4,7 @@
 
 mod auth;
 mod bus;
+mod client;
 mod health;
 mod kv;
 mod migrations;

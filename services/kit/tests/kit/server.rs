@@ -5,7 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postmesh_kit::auth::Role;
-use postmesh_kit::server::{Bound, serve_grpc};
+use postmesh_kit::server::{Bound, ServeOptions, serve_grpc};
+
+fn options(grace: Duration) -> ServeOptions {
+    ServeOptions { concurrency_per_connection: 64, grace }
+}
 use postmesh_kit::telemetry::RequestContext;
 use postmesh_kit::testing::{TestEnv, access_token};
 use postmesh_proto::postmesh::ai::v1::ai_service_client::AiServiceClient;
@@ -62,7 +66,7 @@ async fn start() -> Running {
         Routes::new(service),
         auth,
         shutdown.clone(),
-        Duration::from_secs(10),
+        options(Duration::from_secs(10)),
     ));
     Running { addr, token, _env: env, started, release, shutdown, server }
 }
