@@ -5,8 +5,8 @@
 
 use std::net::SocketAddr;
 
-use postmesh_kit::config::ServiceUrl;
-use postmesh_kit::server::{Bound, serve_grpc, serve_http};
+use postmesh_kit::config::ServiceUrls;
+use postmesh_kit::server::{Bound, ServeOptions, serve_grpc, serve_http};
 use postmesh_kit::{Config, Runtime, StartError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +48,7 @@ impl App {
         // runs itself are reached there (the user service for API keys).
         let grpc_bound = if serves_grpc { Some(bind(config.listen).await?) } else { None };
         if let Some(bound) = &grpc_bound {
-            let own: ServiceUrl = format!("http://{}", loopback(bound.addr()))
+            let own: ServiceUrls = format!("http://{}", loopback(bound.addr()))
                 .try_into()
                 .expect("a socket address makes a valid URL");
             for component in &components {
@@ -78,8 +78,9 @@ impl App {
                 let routes = runtime.grpc_routes()?;
                 let auth = runtime.auth.clone();
                 let shutdown = shutdown.clone();
+                let options = ServeOptions::from_config(&config);
                 servers.spawn(async move {
-                    serve_grpc(bound, routes, auth, shutdown, grace).await.map_err(|e| e.to_string())
+                    serve_grpc(bound, routes, auth, shutdown, options).await.map_err(|e| e.to_string())
                 });
                 Some(addr)
             }

@@ -7,4 +7,5 @@ mod cli;
 mod dev;
 mod helpers;
 mod migrate;
+mod resilience;
 mod serve;
