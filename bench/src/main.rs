@@ -10,6 +10,10 @@
 //! SERVING, cold (empty data directory: every migration runs) and warm
 //! (existing data), then resident memory after 5 s idle.
 //!
+//! `client [calls]`: the client stack's cost on a cheap call against a bare
+//! tonic channel to the same in-process server (latency percentiles of
+//! sequential calls), then how long after a callee dies calls fail fast.
+//!
 //! `verify [count]`: access-token verifications per second on one core, as
 //! every service's auth layer does them: signature and claims alone, then
 //! with the revocation lookup (in memory, or Redis when
@@ -22,6 +26,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+mod client;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -34,6 +40,10 @@ async fn main() -> anyhow::Result<()> {
             let runs = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(10);
             startup(&binary()?, runs).await
         }
+        Some("client") => {
+            let calls = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
+            client::run(calls).await
+        }
         Some("verify") => {
             let count = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
             // Its own thread and single-threaded runtime: one core's worth.
@@ -41,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
                 .join()
                 .map_err(|_| anyhow::anyhow!("benchmark panicked"))?
         }
-        _ => bail!("usage: postmesh-bench startup [runs] | verify [count]"),
+        _ => bail!("usage: postmesh-bench startup [runs] | client [calls] | verify [count]"),
     }
 }
 
@@ -120,7 +130,9 @@ fn verify(count: usize) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let kv = postmesh_kit::kv::Kv::connect(&config).await?;
         let backend = kv.backend_name();
-        let auth = Auth::new(&config, kv, "bench", true)?;
+        let clients =
+            postmesh_kit::client::Clients::new(std::sync::Arc::new(config.clone()), Default::default());
+        let auth = Auth::new(&config, kv, clients, "bench", true)?;
         let settings = auth.settings();
         let mut claims = Claims::new(settings, TokenKind::Access, "user-1", settings.access_ttl);
         claims.ws = Some("workspace-1".into());
