@@ -132,7 +132,11 @@ impl From<sea_orm::DbErr> for ApiError {
 
 impl From<crate::kv::KvError> for ApiError {
     fn from(err: crate::kv::KvError) -> Self {
-        Self::Unavailable(format!("key-value store: {err}"))
+        match err {
+            // A limit the code asked for, not an outage.
+            crate::kv::KvError::InvalidRateLimit(_) => Self::Internal(err.to_string()),
+            crate::kv::KvError::Redis(_) => Self::Unavailable(format!("key-value store: {err}")),
+        }
     }
 }
 

@@ -1,13 +1,14 @@
 //! The key-value store: Redis (through a connection manager) when
 //! `POSTMESH_REDIS_URL` is set, an in-process map otherwise. Both give the
 //! same semantics, checked by one contract test suite: get/set with TTL,
-//! set-if-absent, atomic increment that starts an expiry window, delete and
-//! publish/subscribe. Keys and channels are prefixed with the namespace.
+//! set-if-absent, atomic increment that starts an expiry window, delete,
+//! publish/subscribe and GCRA rate limiting. Keys and channels are prefixed
+//! with the namespace.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::{Stream, StreamExt};
 use redis::AsyncCommands;
@@ -16,16 +17,49 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 
-/// A failure of the store itself (never "key not found").
+/// A failure of the store itself (never "key not found"), or a request it
+/// cannot carry out as asked.
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
     /// Redis refused or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A [`RateLimit`] that cannot be enforced: a caller's mistake, checked
+    /// before the store is asked anything.
+    #[error("invalid rate limit: {0}")]
+    InvalidRateLimit(&'static str),
 }
 
 /// Messages on one pub/sub channel, in order. Ends when the store goes away.
 pub type Subscription = Pin<Box<dyn Stream<Item = Vec<u8>> + Send>>;
+
+/// A rate for [`Kv::rate_limit`]: `limit` requests per `period`, of which up
+/// to `burst` may arrive at once. Requests are spaced `period / limit` apart
+/// on average (rounded down to a whole microsecond).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests per `period` (at least 1).
+    pub limit: u32,
+    /// The period `limit` is counted over (`period / limit` at least 1µs).
+    pub period: Duration,
+    /// Requests allowed back to back after an idle spell (at least 1).
+    pub burst: u32,
+}
+
+/// The answer of [`Kv::rate_limit`], with what the `RateLimit-*` and
+/// `Retry-After` response headers need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    /// Whether the request fits (and was recorded).
+    pub allowed: bool,
+    /// Requests still allowed right now (for `RateLimit-Remaining`).
+    pub remaining: u32,
+    /// Until the limiter is back to full capacity (for `RateLimit-Reset`).
+    pub reset_after: Duration,
+    /// When refused: until one request would be allowed (for `Retry-After`);
+    /// zero when allowed.
+    pub retry_after: Duration,
+}
 
 /// The key-value store of a process.
 #[derive(Clone)]
@@ -140,12 +174,93 @@ impl Kv {
         }
     }
 
+    /// Asks the generic cell rate algorithm (GCRA) whether one more request
+    /// under `key` fits `limit` requests per `period` with bursts up to
+    /// `burst` (>= 1), and records it if so. Atomic: of any number of
+    /// concurrent callers, exactly as many are allowed as the limit admits.
+    ///
+    /// The key holds the theoretical arrival time in microseconds since the
+    /// Unix epoch and expires when the limiter is back to full capacity.
+    /// Redis uses its own clock, so every replica shares one time line.
+    pub async fn rate_limit(&self, key: &str, limit: RateLimit) -> Result<RateDecision, KvError> {
+        let gcra = Gcra::try_from(limit)?;
+        match self {
+            Self::Memory(m) => Ok(m.rate_limit(key, gcra)),
+            Self::Redis(r) => r.rate_limit(key, gcra).await,
+        }
+    }
+
     /// Checks that the store answers.
     pub async fn ping(&self) -> Result<(), KvError> {
         match self {
             Self::Memory(_) => Ok(()),
             Self::Redis(r) => r.ping().await,
         }
+    }
+}
+
+/// A checked [`RateLimit`] in microseconds, the unit both backends count in.
+#[derive(Debug, Clone, Copy)]
+struct Gcra {
+    /// T: the spacing of requests at the sustained rate.
+    interval: u64,
+    /// τ: how far ahead of `now` the arrival time may run, T × (burst − 1).
+    tolerance: u64,
+}
+
+/// Longest time a full burst may take to refill. Redis scripts count in
+/// doubles, exact to 2^53µs (about 285 years since 1970); this keeps
+/// arrival times well inside that.
+const MAX_RATE_WINDOW: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+impl TryFrom<RateLimit> for Gcra {
+    type Error = KvError;
+
+    fn try_from(rate: RateLimit) -> Result<Self, KvError> {
+        if rate.limit == 0 {
+            return Err(KvError::InvalidRateLimit("limit must be at least 1"));
+        }
+        if rate.burst == 0 {
+            return Err(KvError::InvalidRateLimit("burst must be at least 1"));
+        }
+        // u128 cannot overflow: period < 2^84µs, burst < 2^32.
+        let interval = rate.period.as_micros() / u128::from(rate.limit);
+        if interval == 0 {
+            return Err(KvError::InvalidRateLimit("period / limit must be at least 1µs"));
+        }
+        let window = interval * u128::from(rate.burst);
+        if window > MAX_RATE_WINDOW.as_micros() {
+            return Err(KvError::InvalidRateLimit("period / limit × burst must be at most 100 years"));
+        }
+        Ok(Self { interval: interval as u64, tolerance: (window - interval) as u64 })
+    }
+}
+
+impl Gcra {
+    /// One step at `now` given the stored arrival time; returns the answer
+    /// and, when allowed, the arrival time to store. The Redis script
+    /// (`RATE_LIMIT_SCRIPT`) is the same computation.
+    fn decide(self, stored_tat: Option<u64>, now: u64) -> (RateDecision, Option<u64>) {
+        let tat = stored_tat.unwrap_or(now).max(now);
+        if tat - now > self.tolerance {
+            let decision = RateDecision {
+                allowed: false,
+                remaining: 0,
+                reset_after: Duration::from_micros(tat - now),
+                retry_after: Duration::from_micros(tat - self.tolerance - now),
+            };
+            return (decision, None);
+        }
+        let new_tat = tat + self.interval;
+        let ahead = new_tat - now;
+        let decision = RateDecision {
+            allowed: true,
+            // At most burst − 1, so it fits.
+            remaining: ((self.tolerance + self.interval - ahead) / self.interval) as u32,
+            reset_after: Duration::from_micros(ahead),
+            retry_after: Duration::ZERO,
+        };
+        (decision, Some(new_tat))
     }
 }
 
@@ -158,6 +273,9 @@ pub struct MemoryKv {
 
 struct MemoryInner {
     prefix: String,
+    /// The monotonic clock's reading at a known Unix time, so rate limits
+    /// store Unix microseconds (like Redis) without following wall-clock jumps.
+    clock_origin: (Instant, u64),
     entries: Mutex<Entries>,
     channels: Mutex<HashMap<String, broadcast::Sender<Vec<u8>>>>,
 }
@@ -190,6 +308,7 @@ impl MemoryKv {
         Self {
             inner: Arc::new(MemoryInner {
                 prefix,
+                clock_origin: (Instant::now(), unix_micros(SystemTime::now())),
                 entries: Mutex::new(Entries::default()),
                 channels: Mutex::new(HashMap::new()),
             }),
@@ -252,6 +371,25 @@ impl MemoryKv {
         next
     }
 
+    fn rate_limit(&self, key: &str, gcra: Gcra) -> RateDecision {
+        let now = Instant::now();
+        let (origin, origin_micros) = self.inner.clock_origin;
+        let now_micros = origin_micros + unix_micros_between(origin, now);
+        let key = self.key(key);
+        let mut entries = self.entries();
+        let stored =
+            entries.map.get(&key).filter(|e| e.live(now)).map(|e| parse_counter(&e.value).max(0) as u64);
+        let (decision, new_tat) = gcra.decide(stored, now_micros);
+        if let Some(new_tat) = new_tat {
+            let entry = Entry {
+                value: new_tat.to_string().into_bytes(),
+                expires_at: Some(now + Duration::from_micros(new_tat - now_micros)),
+            };
+            self.write(&mut entries, key, entry);
+        }
+        decision
+    }
+
     fn delete(&self, key: &str) -> bool {
         let now = Instant::now();
         let mut entries = self.entries();
@@ -293,6 +431,14 @@ fn parse_counter(value: &[u8]) -> i64 {
     std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
+fn unix_micros(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+fn unix_micros_between(earlier: Instant, later: Instant) -> u64 {
+    later.saturating_duration_since(earlier).as_micros() as u64
+}
+
 /// Redis, through a connection manager that reconnects on its own.
 #[derive(Clone)]
 pub struct RedisKv {
@@ -308,6 +454,31 @@ if redis.call('PTTL', KEYS[1]) == -1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return value
+";
+
+/// GCRA, the same steps as `Gcra::decide`, in microseconds since the Unix
+/// epoch on the server's clock so every replica agrees. ARGV: emission
+/// interval, tolerance. Returns {allowed, remaining, reset_after,
+/// retry_after}. Numbers are doubles here, exact for integers below 2^53,
+/// and written with %.0f because tostring would round them to 14 digits.
+/// TIME before a write relies on effect replication, the default since
+/// Redis 5.
+const RATE_LIMIT_SCRIPT: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then
+  tat = now
+end
+if tat - now > tolerance then
+  return {0, 0, tat - now, tat - tolerance - now}
+end
+local new_tat = tat + interval
+local ahead = new_tat - now
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', math.ceil(ahead / 1000)))
+return {1, math.floor((tolerance + interval - ahead) / interval), ahead, 0}
 ";
 
 impl RedisKv {
@@ -368,6 +539,22 @@ impl RedisKv {
         Ok(value)
     }
 
+    async fn rate_limit(&self, key: &str, gcra: Gcra) -> Result<RateDecision, KvError> {
+        let (allowed, remaining, reset_after, retry_after): (i64, u32, u64, u64) =
+            redis::Script::new(RATE_LIMIT_SCRIPT)
+                .key(self.key(key))
+                .arg(gcra.interval)
+                .arg(gcra.tolerance)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+        Ok(RateDecision {
+            allowed: allowed == 1,
+            remaining,
+            reset_after: Duration::from_micros(reset_after),
+            retry_after: Duration::from_micros(retry_after),
+        })
+    }
+
     async fn delete(&self, key: &str) -> Result<bool, KvError> {
         let removed: i64 = self.conn.clone().del(self.key(key)).await?;
         Ok(removed > 0)
@@ -398,4 +585,54 @@ impl RedisKv {
 
 fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gcra(limit: u32, period: Duration, burst: u32) -> Gcra {
+        Gcra::try_from(RateLimit { limit, period, burst }).expect("valid rate")
+    }
+
+    #[test]
+    fn gcra_admits_a_burst_then_one_request_per_interval() {
+        // T = 100ms, τ = 200ms.
+        let gcra = gcra(10, Duration::from_secs(1), 3);
+        let ms = |n: u64| n * 1000;
+        let (first, tat) = gcra.decide(None, ms(1000));
+        assert_eq!(
+            (first.allowed, first.remaining, first.reset_after),
+            (true, 2, Duration::from_millis(100))
+        );
+        let (second, tat) = gcra.decide(tat, ms(1000));
+        let (third, tat) = gcra.decide(tat, ms(1000));
+        assert_eq!((second.remaining, third.remaining), (1, 0));
+        assert_eq!(third.reset_after, Duration::from_millis(300));
+
+        let (refused, stored) = gcra.decide(tat, ms(1040));
+        assert!(!refused.allowed);
+        assert_eq!(stored, None, "a refusal records nothing");
+        assert_eq!(refused.retry_after, Duration::from_millis(60));
+        assert_eq!(refused.reset_after, Duration::from_millis(260));
+
+        let (recovered, _) = gcra.decide(tat, ms(1100));
+        assert!(recovered.allowed, "one interval after the burst one more fits");
+        assert_eq!(recovered.remaining, 0);
+        let (idle, _) = gcra.decide(tat, ms(5000));
+        assert_eq!(idle.remaining, 2, "an idle key is back to a full burst");
+    }
+
+    #[test]
+    fn rate_limits_that_cannot_be_enforced_are_refused() {
+        let second = Duration::from_secs(1);
+        for (limit, period, burst) in
+            [(0, second, 1), (1, second, 0), (1, Duration::ZERO, 1), (2_000_000, second, 1)]
+        {
+            let rate = RateLimit { limit, period, burst };
+            assert!(matches!(Gcra::try_from(rate), Err(KvError::InvalidRateLimit(_))), "{rate:?}");
+        }
+        let rate = RateLimit { limit: 1, period: Duration::from_secs(u64::MAX), burst: u32::MAX };
+        assert!(Gcra::try_from(rate).is_err(), "a window beyond exact arithmetic is refused");
+    }
 }

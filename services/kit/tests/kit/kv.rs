@@ -1,10 +1,10 @@
 //! The key-value store contract: both implementations must pass it.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use postmesh_kit::kv::Kv;
+use postmesh_kit::kv::{Kv, KvError, RateLimit};
 use postmesh_kit::testing::{TestEnv, eventually};
 
 async fn kv(env: &TestEnv) -> Kv {
@@ -131,4 +131,137 @@ async fn namespaces_do_not_see_each_other() {
     assert!(kv_b.set_if_absent("shared-name", b"b", Duration::from_secs(30)).await.unwrap());
     assert_eq!(kv_a.get("shared-name").await.unwrap(), Some(b"a".to_vec()));
     kv_b.delete("shared-name").await.unwrap();
+}
+
+/// Allowance for Redis's clock and the test's clock being read at slightly
+/// different moments.
+const CLOCK_SLACK: Duration = Duration::from_millis(20);
+
+fn unix_micros() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+#[tokio::test]
+async fn rate_limit_allows_a_burst_then_refuses_until_one_interval_frees_up() {
+    let env = TestEnv::new().await;
+    let kv = kv(&env).await;
+    // T = 2s, long enough that no capacity comes back while the test runs.
+    let interval = Duration::from_secs(2);
+    let rate = RateLimit { limit: 5, period: Duration::from_secs(10), burst: 4 };
+    let started = Instant::now();
+    let started_micros = unix_micros();
+
+    let mut remaining = Vec::new();
+    for _ in 0..4 {
+        let decision = kv.rate_limit("login:alice", rate).await.unwrap();
+        assert!(decision.allowed, "{decision:?}");
+        assert_eq!(decision.retry_after, Duration::ZERO, "{decision:?}");
+        assert!(decision.reset_after <= interval * 4, "{decision:?}");
+        remaining.push(decision.remaining);
+    }
+    assert_eq!(remaining, [3, 2, 1, 0], "remaining counts down to zero");
+
+    let refused = kv.rate_limit("login:alice", rate).await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(!refused.allowed, "the request after a full burst is refused");
+    assert_eq!(refused.remaining, 0);
+    assert!(
+        refused.retry_after <= interval && refused.retry_after + elapsed + CLOCK_SLACK >= interval,
+        "retry after about T: {refused:?} after {elapsed:?}"
+    );
+    assert!(
+        refused.reset_after <= interval * 4 && refused.reset_after + elapsed + CLOCK_SLACK >= interval * 4,
+        "full again after about 4T: {refused:?}"
+    );
+    for _ in 0..3 {
+        let again = kv.rate_limit("login:alice", rate).await.unwrap();
+        assert!(!again.allowed);
+        assert!(again.retry_after <= refused.retry_after, "refusals are not recorded: {again:?}");
+    }
+
+    let stored = kv.get("login:alice").await.unwrap().expect("the arrival time is stored");
+    let tat: u64 = String::from_utf8(stored).unwrap().parse().expect("microseconds as a decimal");
+    let window = (interval * 4 + CLOCK_SLACK * 50).as_micros() as u64;
+    assert!(
+        tat >= started_micros && tat <= unix_micros() + window,
+        "stored as microseconds since the Unix epoch: {tat}"
+    );
+    let ttl = kv.ttl("login:alice").await.unwrap().expect("an idle key expires");
+    assert!(ttl <= interval * 4, "{ttl:?}");
+}
+
+#[tokio::test]
+async fn rate_limit_recovers_after_its_retry_after() {
+    let env = TestEnv::new().await;
+    let kv = kv(&env).await;
+    let rate = RateLimit { limit: 1, period: Duration::from_millis(300), burst: 1 };
+    assert!(kv.rate_limit("send", rate).await.unwrap().allowed);
+    let refused_at = Instant::now();
+    let refused = kv.rate_limit("send", rate).await.unwrap();
+    assert!(!refused.allowed, "a second request within T is refused: {refused:?}");
+
+    let recovered =
+        eventually(Duration::from_secs(3), || async { kv.rate_limit("send", rate).await.unwrap().allowed })
+            .await;
+    let waited = refused_at.elapsed();
+    assert!(recovered, "one more request fits once T has passed");
+    assert!(
+        waited + CLOCK_SLACK >= refused.retry_after,
+        "allowed only after retry_after: waited {waited:?}, {refused:?}"
+    );
+    assert!(!kv.rate_limit("send", rate).await.unwrap().allowed, "the recovered slot is used up again");
+}
+
+// Several worker threads, so a memory store that let go of its lock between
+// reading and writing would be caught too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_rate_limit_calls_admit_exactly_the_burst() {
+    let env = TestEnv::new().await;
+    let kv = kv(&env).await;
+    let rate = RateLimit { limit: 10, period: Duration::from_secs(1), burst: 10 };
+    let calls = (0..50).map(|_| {
+        let kv = kv.clone();
+        tokio::spawn(async move { kv.rate_limit("busy", rate).await.unwrap() })
+    });
+    let decisions: Vec<_> = futures::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
+    let allowed: Vec<_> = decisions.iter().filter(|d| d.allowed).collect();
+    assert_eq!(allowed.len(), 10, "{decisions:?}");
+    let remaining: HashSet<u32> = allowed.iter().map(|d| d.remaining).collect();
+    assert_eq!(remaining, (0..10).collect::<HashSet<_>>(), "every allowed call saw a distinct state");
+}
+
+#[tokio::test]
+async fn rate_limits_of_different_keys_and_namespaces_are_independent() {
+    let env = TestEnv::new().await;
+    let kv_a = kv(&env).await;
+    let kv_b = Kv::connect(&env.config_with("POSTMESH_NAMESPACE", "other_tenant")).await.unwrap();
+    let rate = RateLimit { limit: 1, period: Duration::from_secs(60), burst: 2 };
+    assert!(kv_a.rate_limit("api:alice", rate).await.unwrap().allowed);
+    assert!(kv_a.rate_limit("api:alice", rate).await.unwrap().allowed);
+    assert!(!kv_a.rate_limit("api:alice", rate).await.unwrap().allowed, "alice used her burst");
+
+    let bob = kv_a.rate_limit("api:bob", rate).await.unwrap();
+    assert!(bob.allowed && bob.remaining == 1, "another key starts full: {bob:?}");
+    let other_alice = kv_b.rate_limit("api:alice", rate).await.unwrap();
+    assert!(
+        other_alice.allowed && other_alice.remaining == 1,
+        "another namespace starts full: {other_alice:?}"
+    );
+    kv_b.delete("api:alice").await.unwrap();
+}
+
+#[tokio::test]
+async fn rate_limits_that_cannot_be_enforced_are_errors() {
+    let env = TestEnv::new().await;
+    let kv = kv(&env).await;
+    let second = Duration::from_secs(1);
+    for rate in [
+        RateLimit { limit: 0, period: second, burst: 1 },
+        RateLimit { limit: 1, period: Duration::ZERO, burst: 1 },
+        RateLimit { limit: 1, period: second, burst: 0 },
+    ] {
+        let result = kv.rate_limit("bad", rate).await;
+        assert!(matches!(result, Err(KvError::InvalidRateLimit(_))), "{rate:?}: {result:?}");
+    }
+    assert_eq!(kv.get("bad").await.unwrap(), None, "nothing is recorded");
 }
