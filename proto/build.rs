@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut files = Vec::new();
     collect_protos(&root.join("postmesh"), &mut files)?;
+    // Not imported by the contract, but the gateway decodes error details
+    // (the `grpc-status-details-bin` trailer) through the descriptor pool.
+    collect_protos(&root.join("google/rpc"), &mut files)?;
     files.sort();
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
