@@ -15,6 +15,8 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
+use crate::kv::RateLimit;
+
 /// Prefix of every environment variable postmesh reads.
 pub const ENV_PREFIX: &str = "POSTMESH_";
 
@@ -187,6 +189,61 @@ pub const KEYS: &[KeyDoc] = &[
         help: "calls served at once per connection; beyond it RESOURCE_EXHAUSTED at once",
     },
     KeyDoc {
+        key: "gateway_request_timeout",
+        default: "30s",
+        help: "longest a gateway request may take; a caller's shorter `grpc-timeout` header wins",
+    },
+    KeyDoc {
+        key: "social_telegram_api_url",
+        default: "https://api.telegram.org",
+        help: "base URL of the Telegram Bot API (a test server or a local Bot API server)",
+    },
+    KeyDoc {
+        key: "social_twitch_api_url",
+        default: "https://api.twitch.tv",
+        help: "base URL of the Twitch Helix API",
+    },
+    KeyDoc {
+        key: "social_bluesky_service_url",
+        default: "https://bsky.social",
+        help: "Bluesky service (PDS or entryway) used when an account names none",
+    },
+    KeyDoc {
+        key: "social_publish_timeout",
+        default: "15s",
+        help: "longest a platform may take to answer one publish call (then: retried as a timeout)",
+    },
+    KeyDoc {
+        key: "social_publish_max_attempts",
+        default: "8",
+        help: "tries per publishing round before the target is Faulted and the job dead-lettered",
+    },
+    KeyDoc {
+        key: "gateway_max_body_bytes",
+        default: "10485760",
+        help: "largest request body the gateway accepts (larger: 413)",
+    },
+    KeyDoc {
+        key: "gateway_rate_limits",
+        default: "*=600/1m",
+        help: "requests per caller (API key, user or client address): `*=600/1m,POST /api/users/login=20/1m`; `off` disables",
+    },
+    KeyDoc {
+        key: "gateway_cors_origins",
+        default: "(none: no CORS)",
+        help: "origins browsers may call the gateway from, comma-separated, e.g. `https://app.example.com`; `*` for any",
+    },
+    KeyDoc {
+        key: "gateway_trusted_proxies",
+        default: "0",
+        help: "proxies in front of the gateway; the client address is that many hops back in X-Forwarded-For",
+    },
+    KeyDoc {
+        key: "gateway_forward_headers",
+        default: "(none)",
+        help: "extra request headers passed to services as gRPC metadata, comma-separated",
+    },
+    KeyDoc {
         key: "shutdown_grace",
         default: "30s",
         help: "how long SIGTERM/Ctrl-C waits for in-flight calls and jobs to finish",
@@ -313,6 +370,31 @@ pub struct Config {
     pub auth_service_secret: Option<Secret<String>>,
     /// AEAD keys for secrets at rest (`id:base64`, comma-separated).
     pub encryption_keys: Option<Secret<String>>,
+    /// Longest a gateway request may take.
+    #[serde(with = "human_duration")]
+    pub gateway_request_timeout: Duration,
+    /// Largest request body the gateway accepts.
+    pub gateway_max_body_bytes: u64,
+    /// Telegram Bot API base URL.
+    pub social_telegram_api_url: String,
+    /// Twitch Helix API base URL.
+    pub social_twitch_api_url: String,
+    /// Default Bluesky service URL.
+    pub social_bluesky_service_url: String,
+    /// Timeout of one publish call to a platform.
+    #[serde(with = "human_duration")]
+    pub social_publish_timeout: Duration,
+    /// Tries per publishing round.
+    pub social_publish_max_attempts: u32,
+    /// Gateway rate limits per caller.
+    pub gateway_rate_limits: RateLimits,
+    /// Origins allowed by CORS.
+    pub gateway_cors_origins: Origins,
+    /// Proxies in front of the gateway.
+    pub gateway_trusted_proxies: usize,
+    /// Extra headers forwarded as metadata.
+    #[serde(with = "string_list")]
+    pub gateway_forward_headers: Vec<String>,
     /// Drain time on shutdown.
     #[serde(with = "human_duration")]
     pub shutdown_grace: Duration,
@@ -378,6 +460,17 @@ impl Default for Config {
             auth_refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             auth_service_secret: None,
             encryption_keys: None,
+            gateway_request_timeout: Duration::from_secs(30),
+            gateway_max_body_bytes: 10 * 1024 * 1024,
+            social_telegram_api_url: "https://api.telegram.org".into(),
+            social_twitch_api_url: "https://api.twitch.tv".into(),
+            social_bluesky_service_url: "https://bsky.social".into(),
+            social_publish_timeout: Duration::from_secs(15),
+            social_publish_max_attempts: 8,
+            gateway_rate_limits: RateLimits::try_from("*=600/1m".to_owned()).expect("default limits parse"),
+            gateway_cors_origins: Origins::default(),
+            gateway_trusted_proxies: 0,
+            gateway_forward_headers: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
             health_interval: Duration::from_secs(5),
             jobs_max_deliver: 5,
@@ -471,9 +564,32 @@ impl Config {
             ("client_connect_timeout", self.client_connect_timeout),
             ("client_dns_refresh", self.client_dns_refresh),
             ("client_breaker_open_for", self.client_breaker_open_for),
+            ("gateway_request_timeout", self.gateway_request_timeout),
         ] {
             if value.is_zero() {
                 problems.push(problem(key, "must be longer than zero"));
+            }
+        }
+        if self.gateway_max_body_bytes == 0 {
+            problems.push(problem("gateway_max_body_bytes", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("social_telegram_api_url", &self.social_telegram_api_url),
+            ("social_twitch_api_url", &self.social_twitch_api_url),
+            ("social_bluesky_service_url", &self.social_bluesky_service_url),
+        ] {
+            match url::Url::parse(value) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                _ => problems.push(problem(key, "must be an http or https URL")),
+            }
+        }
+        if self.social_publish_max_attempts == 0 {
+            problems.push(problem("social_publish_max_attempts", "must be at least 1"));
+        }
+        for header in &self.gateway_forward_headers {
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                problems
+                    .push(problem("gateway_forward_headers", &format!("`{header}` is not a header name")));
             }
         }
         if let Err(err) = self.log.parse::<tracing_subscriber::EnvFilter>() {
@@ -780,6 +896,121 @@ impl fmt::Debug for ServiceUrls {
     }
 }
 
+/// Gateway rate limits: `route=limit/period` entries, comma-separated.
+/// `route` is `*` (every route without its own entry, one budget per
+/// caller) or `METHOD /path/template` as the contract writes it (a budget of
+/// its own); `off` instead of a rate exempts the route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RateLimits(Vec<(String, Option<RateLimit>)>);
+
+impl RateLimits {
+    /// The limit for `METHOD /template`: its own entry (`Some(None)` when
+    /// `off`), or `None` when it falls under `*`.
+    pub fn route(&self, method: &str, template: &str) -> Option<Option<RateLimit>> {
+        let key = format!("{method} {template}");
+        self.0.iter().find(|(route, _)| *route == key).map(|(_, limit)| *limit)
+    }
+
+    /// The `*` limit, if any.
+    pub fn default_limit(&self) -> Option<RateLimit> {
+        self.0.iter().find(|(route, _)| route == "*").and_then(|(_, limit)| *limit)
+    }
+}
+
+impl TryFrom<String> for RateLimits {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        let mut entries = Vec::new();
+        for entry in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (route, rate) =
+                entry.rsplit_once('=').ok_or_else(|| format!("`{entry}` is not route=limit/period"))?;
+            let route = route.trim();
+            let well_formed = route == "*"
+                || route.split_once(' ').is_some_and(|(method, path)| {
+                    !method.is_empty()
+                        && method.chars().all(|c| c.is_ascii_uppercase())
+                        && path.starts_with('/')
+                });
+            if !well_formed {
+                return Err(format!("`{route}` is not `*` or `METHOD /path`"));
+            }
+            let rate = rate.trim();
+            let limit = if rate == "off" {
+                None
+            } else {
+                let (count, period) = rate
+                    .split_once('/')
+                    .ok_or_else(|| format!("`{rate}` is not limit/period, e.g. 600/1m"))?;
+                let count: u32 = count.trim().parse().map_err(|_| format!("`{count}` is not a count"))?;
+                let period = human_duration::parse(period.trim())?;
+                if count == 0 || period.is_zero() || period / count < Duration::from_micros(1) {
+                    return Err(format!("`{rate}` is not a usable rate"));
+                }
+                Some(RateLimit { limit: count, period, burst: count })
+            };
+            entries.push((route.to_owned(), limit));
+        }
+        Ok(Self(entries))
+    }
+}
+
+impl From<RateLimits> for String {
+    fn from(value: RateLimits) -> String {
+        value
+            .0
+            .iter()
+            .map(|(route, limit)| match limit {
+                None => format!("{route}=off"),
+                Some(l) => format!("{route}={}/{}", l.limit, humantime::format_duration(l.period)),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Origins allowed to call the gateway from a browser: `scheme://host[:port]`
+/// entries, or `*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Origins(Vec<String>);
+
+impl Origins {
+    /// Whether any origin is allowed.
+    pub fn is_any(&self) -> bool {
+        self.0.iter().any(|o| o == "*")
+    }
+
+    /// The allowed origins.
+    pub fn list(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Origins {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        let mut origins = Vec::new();
+        for origin in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if origin != "*" {
+                let url = url::Url::parse(origin).map_err(|_| format!("`{origin}` is not an origin"))?;
+                let bare = url.path() == "/" && url.query().is_none() && !origin.ends_with('/');
+                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !bare {
+                    return Err(format!("`{origin}` is not an origin like https://app.example.com"));
+                }
+            }
+            origins.push(origin.to_owned());
+        }
+        Ok(Self(origins))
+    }
+}
+
+impl From<Origins> for String {
+    fn from(value: Origins) -> String {
+        value.0.join(",")
+    }
+}
+
 /// Deadlines for particular methods: `package.Service/Method=duration`,
 /// comma-separated.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -907,6 +1138,19 @@ mod path_list {
             Form::List(list) => list,
         };
         Ok(items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()).map(PathBuf::from).collect())
+    }
+}
+
+mod string_list {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &[String], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&value.join(","))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let paths = super::path_list::deserialize(d)?;
+        Ok(paths.into_iter().map(|p| p.to_string_lossy().into_owned()).collect())
     }
 }
 

@@ -67,8 +67,10 @@ pub fn sha256_hex(data: &[u8]) -> String {
 }
 
 /// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref().to_vec()
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref());
+    out
 }
 
 /// Compares two secrets in time independent of where they differ.

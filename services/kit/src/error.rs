@@ -43,6 +43,11 @@ pub enum ApiError {
     /// A bug or an unexpected failure; details go to the log only.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Another service's answer about the caller's request (its field
+    /// violations, its NOT_FOUND), handed on unchanged. Internal errors of
+    /// that service stay opaque: they arrive already as "internal error".
+    #[error("{}", .0.message())]
+    Passthrough(Status),
 }
 
 /// One field violation.
@@ -88,7 +93,27 @@ impl ApiError {
             Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
+            Self::Passthrough(status) => status.code(),
         }
+    }
+}
+
+/// The HTTP status for a gRPC code: the standard table (as in
+/// `google/rpc/code.proto` and grpc-gateway), the one the gateway uses.
+pub fn http_status(code: Code) -> u16 {
+    match code {
+        Code::Ok => 200,
+        Code::Cancelled => 499,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::ResourceExhausted => 429,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
     }
 }
 
@@ -119,6 +144,7 @@ impl From<ApiError> for Status {
                 tracing::error!(cause = %cause, "internal error");
                 Status::internal("internal error")
             }
+            ApiError::Passthrough(status) => status,
             other => Status::new(code, other.to_string()),
         }
     }

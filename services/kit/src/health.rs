@@ -28,6 +28,9 @@ pub struct Check {
     /// e.g. `database:user`, `kv:redis`, `bus:nats`.
     pub name: String,
     run: Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>,
+    /// Runs after the other checks of a round have published their
+    /// statuses (it asks services for theirs, possibly in this process).
+    downstream: bool,
 }
 
 impl Check {
@@ -37,7 +40,18 @@ impl Check {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
     {
-        Self { name: name.into(), run: Arc::new(move || Box::pin(run())) }
+        Self { name: name.into(), run: Arc::new(move || Box::pin(run())), downstream: false }
+    }
+
+    /// A check of other services' health: within a round it runs after
+    /// this process has published its own services' statuses, so a process
+    /// that serves both sees them current.
+    pub fn downstream<F, Fut>(name: impl Into<String>, run: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self { downstream: true, ..Self::new(name, run) }
     }
 }
 
@@ -128,10 +142,17 @@ impl Health {
 
     /// Runs every check once and publishes the statuses.
     pub async fn check_now(&self) {
-        let checks: Vec<Arc<Check>> = {
+        let (downstream, local): (Vec<Arc<Check>>, Vec<Arc<Check>>) = {
             let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-            state.checks.clone()
+            state.checks.iter().cloned().partition(|c| c.downstream)
         };
+        self.run_checks(&local).await;
+        if !downstream.is_empty() {
+            self.run_checks(&downstream).await;
+        }
+    }
+
+    async fn run_checks(&self, checks: &[Arc<Check>]) {
         let results = futures::future::join_all(checks.iter().map(|check| async move {
             let started = Instant::now();
             let outcome = match tokio::time::timeout(CHECK_TIMEOUT, (check.run)()).await {

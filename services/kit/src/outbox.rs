@@ -34,6 +34,11 @@ pub struct OutboxMessage {
     pub payload: Vec<u8>,
     /// Extra headers; request id and trace context are added on enqueue.
     pub headers: BTreeMap<String, String>,
+    /// The message's id on the bus, which de-duplicates by it (NATS
+    /// `Nats-Msg-Id`); a fresh UUIDv7 when unset. Set it to something
+    /// derived from the change (`<key>:<round>`) so that queueing the same
+    /// work twice delivers it once.
+    pub id: Option<String>,
 }
 
 impl OutboxMessage {
@@ -49,9 +54,18 @@ impl OutboxMessage {
 
     /// A message with raw bytes.
     pub fn new(subject: impl Into<String>, payload: Vec<u8>) -> Self {
-        Self { subject: subject.into(), payload, headers: BTreeMap::new() }
+        Self { subject: subject.into(), payload, headers: BTreeMap::new(), id: None }
+    }
+
+    /// The same message with a given bus id (see [`OutboxMessage::id`]).
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
     }
 }
+
+/// Carries a chosen bus id from the outbox row to the relay.
+const MESSAGE_ID_HEADER: &str = "postmesh-message-id";
 
 /// One service's outbox.
 #[derive(Clone)]
@@ -87,6 +101,9 @@ impl Outbox {
         headers.insert(REQUEST_ID_HEADER.into(), context.request_id);
         headers.insert(TRACEPARENT_HEADER.into(), context.traceparent);
         headers.insert(ENQUEUED_AT_HEADER.into(), now.to_string());
+        if let Some(message_id) = message.id {
+            headers.insert(MESSAGE_ID_HEADER.into(), message_id);
+        }
         let headers = serde_json::to_string(&headers).map_err(|e| DbErr::Custom(e.to_string()))?;
         conn.execute_raw(statement(
             conn.get_database_backend(),
@@ -162,11 +179,12 @@ impl Outbox {
     /// published. Stops at the first failure so order is kept.
     pub async fn relay_once(&self, bus: &JobBus) -> Result<usize, RelayError> {
         let claimed = self.claim().await?;
-        for (published, message) in claimed.iter().enumerate() {
+        for (published, (row, message)) in claimed.iter().enumerate() {
             if let Err(err) = bus.publish(message).await {
                 // Hand back this row and every later one, so the next pass
                 // (here or in another replica) starts from the same place.
-                let unpublished: Vec<&str> = claimed[published..].iter().map(|m| m.id.as_str()).collect();
+                let unpublished: Vec<&str> =
+                    claimed[published..].iter().map(|(row, _)| row.as_str()).collect();
                 self.release(&unpublished, &err.to_string()).await?;
                 return Err(RelayError::Bus(err));
             }
@@ -175,14 +193,15 @@ impl Outbox {
                 .execute_raw(statement(
                     self.db.backend(),
                     "DELETE FROM postmesh_outbox WHERE id = $1",
-                    vec![message.id.clone().into()],
+                    vec![row.clone().into()],
                 ))
                 .await?;
         }
         Ok(claimed.len())
     }
 
-    async fn claim(&self) -> Result<Vec<Message>, DbErr> {
+    /// Claims a batch: each row's id with the message it carries.
+    async fn claim(&self) -> Result<Vec<(String, Message)>, DbErr> {
         let backend = self.db.backend();
         let now = now_ms();
         let lock = if backend == DatabaseBackend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
@@ -206,12 +225,15 @@ impl Outbox {
                 vec![(now + CLAIM_FOR.as_millis() as i64).into(), id.clone().into()],
             ))
             .await?;
-            messages.push(Message {
-                id,
+            let mut headers: BTreeMap<String, String> =
+                serde_json::from_str(&row.try_get::<String>("", "headers")?).unwrap_or_default();
+            let message = Message {
+                id: headers.remove(MESSAGE_ID_HEADER).unwrap_or_else(|| id.clone()),
                 subject: row.try_get("", "subject")?,
                 payload: row.try_get("", "payload")?,
-                headers: serde_json::from_str(&row.try_get::<String>("", "headers")?).unwrap_or_default(),
-            });
+                headers,
+            };
+            messages.push((id, message));
         }
         txn.commit().await?;
         Ok(messages)

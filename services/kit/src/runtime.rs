@@ -55,6 +55,9 @@ pub enum StartError {
     /// Keys for tokens or encryption could not be loaded.
     #[error("keys: {0}")]
     Keys(#[from] CryptoError),
+    /// The HTTP gateway could not be set up from the contract.
+    #[error("gateway: {0}")]
+    Gateway(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

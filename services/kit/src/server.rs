@@ -54,6 +54,19 @@ pub fn add_reflection(routes: Routes, services: &[&str]) -> Result<Routes, tonic
     Ok(routes.add_service(builder().build_v1()?).add_service(builder().build_v1alpha()?))
 }
 
+/// This process's gRPC server stack over `routes` as a tower service: the
+/// same layers as [`serve_grpc`] (request context, then auth) without the
+/// socket and its per-connection limits. [`crate::client::Clients::serve_locally`]
+/// sends calls to services of this process through it.
+pub fn local_service(routes: Routes, auth: &Auth) -> crate::client::LocalService {
+    let stack = tower::ServiceBuilder::new()
+        .layer(RequestContextLayer)
+        .layer(auth.layer())
+        .map_err(|never: std::convert::Infallible| -> crate::client::BoxError { match never {} })
+        .service(routes);
+    tower::util::BoxCloneSyncService::new(stack)
+}
+
 /// How a gRPC server limits itself.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
@@ -108,7 +121,9 @@ pub async fn serve_http(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let server = axum::serve(bound.listener, router)
+    // The peer address feeds per-client rate limits and access logs.
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(bound.listener, service)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
     drain_within(server, shutdown, grace, "http").await

@@ -279,12 +279,18 @@ impl Auth {
     }
 }
 
-enum Credential {
+/// The credential a request presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// `authorization: Bearer <jwt>`.
     Bearer(String),
+    /// `x-api-key: pm_…` or `authorization: Bearer pm_…`.
     ApiKey(String),
 }
 
-fn credential(headers: &HeaderMap) -> Result<Option<Credential>, Status> {
+/// The credential in `headers`, `None` when there is none; UNAUTHENTICATED
+/// when the `authorization` header is malformed.
+pub fn credential(headers: &HeaderMap) -> Result<Option<Credential>, Status> {
     if let Some(value) = headers.get("x-api-key") {
         let key = value.to_str().map_err(|_| Status::unauthenticated("invalid API key"))?.trim();
         return Ok(Some(Credential::ApiKey(key.to_owned())));

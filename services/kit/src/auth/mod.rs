@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 pub use keys::{Jwk, KeyRing};
-pub use layer::{API_KEY_PREFIX, ApiKeyResolver, Auth, AuthLayer, caller_from_proto};
+pub use layer::{API_KEY_PREFIX, ApiKeyResolver, Auth, AuthLayer, Credential, caller_from_proto, credential};
 pub use revocation::Revocations;
 pub use rules::{MethodRule, MethodRules};
 pub use token::{Claims, ServiceTokens, TokenKind, TokenSettings, Verifier};

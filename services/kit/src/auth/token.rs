@@ -23,6 +23,11 @@ use crate::config::Config;
 const LEEWAY_SECS: u64 = 30;
 /// An unknown `kid` triggers at most one JWKS refresh per this interval.
 const JWKS_REFRESH_MIN: Duration = Duration::from_secs(10);
+/// Tokens whose signature was checked and remembered at once; past it the
+/// memory starts over. Callers repeat tokens (a session's access token, a
+/// service token, the gateway's internal tokens), and an EdDSA check costs
+/// far more than the call it guards.
+const VERIFIED_MAX: usize = 10_000;
 
 /// What a token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,10 +184,14 @@ impl KeyRing {
 }
 
 /// Verifies tokens: signature with a known key, claims, revocation.
+/// Signature and claims of a token are checked once and remembered (by the
+/// token's SHA-256) until it expires; expiry and revocation are checked on
+/// every call.
 pub struct Verifier {
     settings: TokenSettings,
     keys: VerifierKeys,
     revocations: Revocations,
+    verified: std::sync::Mutex<HashMap<[u8; 32], Claims>>,
 }
 
 enum VerifierKeys {
@@ -208,7 +217,7 @@ impl Verifier {
                 last_fetch: Mutex::new(None),
             },
         };
-        Self { settings, keys, revocations }
+        Self { settings, keys, revocations, verified: std::sync::Mutex::new(HashMap::new()) }
     }
 
     /// The claims of a valid, unrevoked token; UNAUTHENTICATED otherwise,
@@ -221,6 +230,26 @@ impl Verifier {
 
     /// Signature and claims only (no revocation lookup).
     pub async fn verify_signature_and_claims(&self, token: &str) -> Result<Claims, Status> {
+        let digest = crate::crypto::sha256(token.as_bytes());
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        if let Some(claims) = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(&digest)
+            && claims.exp + LEEWAY_SECS > now
+        {
+            return Ok(claims.clone());
+        }
+        let claims = self.check_signature_and_claims(token).await?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_MAX {
+            verified.retain(|_, c| c.exp + LEEWAY_SECS > now);
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+        }
+        verified.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
+    async fn check_signature_and_claims(&self, token: &str) -> Result<Claims, Status> {
         let invalid = |reason: &str| Status::unauthenticated(format!("invalid token: {reason}"));
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed"))?;
         if header.alg != Algorithm::EdDSA {
@@ -265,7 +294,13 @@ impl Verifier {
                 let jwks = link.jwks().await?;
                 let fresh = decoding_keys(&jwks);
                 let found = fresh.get(kid).cloned();
-                *cache.write().await = fresh;
+                let mut keys = cache.write().await;
+                if keys.keys().any(|known| !fresh.contains_key(known)) {
+                    // A key was withdrawn: what it signed must be checked
+                    // again (and now fail).
+                    self.verified.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                }
+                *keys = fresh;
                 Ok(found)
             }
         }

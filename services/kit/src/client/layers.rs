@@ -135,7 +135,10 @@ where
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let now = Instant::now();
-        let method_default = self.layer.per_method.get(request.uri().path()).unwrap_or(self.layer.default);
+        let method_default = match request.extensions().get::<super::CallTimeout>() {
+            Some(super::CallTimeout(timeout)) => *timeout,
+            None => self.layer.per_method.get(request.uri().path()).unwrap_or(self.layer.default),
+        };
         let mut deadline = now + method_default;
         if let Some(inherited) = RequestContext::current().and_then(|c| c.deadline) {
             deadline = deadline.min(inherited);
@@ -375,7 +378,12 @@ where
             Path::None => {
                 let target = self.target.clone();
                 Box::pin(async move {
-                    let mut status = Status::unavailable(format!("no endpoint of {target} is reachable"));
+                    // Endpoint health is re-checked at least every second.
+                    let mut status = <Status as tonic_types::StatusExt>::with_error_details(
+                        tonic::Code::Unavailable,
+                        format!("no endpoint of {target} is reachable"),
+                        tonic_types::ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
+                    );
                     status
                         .metadata_mut()
                         .insert(super::LOCAL_REFUSAL, tonic::metadata::MetadataValue::from_static("1"));

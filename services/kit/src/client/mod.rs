@@ -35,6 +35,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// `UserServiceClient::new(clients.channel("user").await?)`.
 pub type MeshChannel = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, MeshError>;
 
+/// Replaces the method's default deadline for one call, as a request
+/// extension: long-lived streams (a live notification feed) outlast any
+/// unary default. The caller's own deadline still bounds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallTimeout(pub Duration);
+
 /// The error of a [`MeshChannel`]: tonic finds the `Status` in its source
 /// (an open breaker, a deadline, shed load) or maps the transport error.
 /// A concrete type rather than a boxed trait object, because generic tonic
@@ -171,8 +177,14 @@ struct Inner {
     tokens: Arc<OnceLock<Arc<ServiceTokens>>>,
     targets: tokio::sync::Mutex<HashMap<String, Arc<Target>>>,
     report: Mutex<HashMap<String, Arc<Target>>>,
+    /// Targets this process serves itself, reached without a socket.
+    local: Mutex<HashMap<String, LocalService>>,
     shutdown: CancellationToken,
 }
+
+/// A gRPC server stack of this process as a tower service (see
+/// [`crate::server::local_service`]).
+pub type LocalService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
 
 impl std::fmt::Debug for Clients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -199,6 +211,7 @@ impl Clients {
                 tokens: Arc::new(OnceLock::new()),
                 targets: tokio::sync::Mutex::new(HashMap::new()),
                 report: Mutex::new(HashMap::new()),
+                local: Mutex::new(HashMap::new()),
                 shutdown,
             }),
         }
@@ -209,11 +222,35 @@ impl Clients {
         let _ = self.inner.tokens.set(tokens);
     }
 
+    /// Calls to `targets` go to `service`, this process's own server stack,
+    /// instead of over a socket: the same layers (context, auth, handler)
+    /// and the same client stack above it, without the network hop.
+    pub async fn serve_locally(&self, targets: &[&str], service: LocalService) {
+        let mut built = self.inner.targets.lock().await;
+        let mut local = self.inner.local.lock().unwrap_or_else(|e| e.into_inner());
+        for target in targets {
+            built.remove(*target);
+            local.insert((*target).to_owned(), service.clone());
+        }
+    }
+
     /// The channel to `target` (`user`, `content`, ...), built on first use.
     pub async fn channel(&self, target: &str) -> Result<MeshChannel, Status> {
         let mut targets = self.inner.targets.lock().await;
         if let Some(existing) = targets.get(target) {
             return Ok(existing.channel.clone());
+        }
+        let local = self.inner.local.lock().unwrap_or_else(|e| e.into_inner()).get(target).cloned();
+        if let Some(service) = local {
+            let built = build_stack(
+                target,
+                service,
+                EndpointStates::default(),
+                &self.inner.settings,
+                self.inner.rules.clone(),
+                self.inner.tokens.clone(),
+            )?;
+            return Ok(self.keep(&mut targets, target, built));
         }
         let urls = self.inner.config.service_url(target).ok_or_else(|| {
             Status::unavailable(format!(
@@ -228,18 +265,29 @@ impl Clients {
             connect_timeout: self.inner.settings.connect_timeout,
             refresh: self.inner.settings.dns_refresh,
         };
+        // Innermost: tonic's balanced channel (power of two choices by
+        // calls in flight) over the endpoints discovery finds and
+        // health-watches. No endpoint up: fail now, with UNAVAILABLE,
+        // rather than wait; one up: call it directly.
+        let (channel, changes) = tonic::transport::Channel::balance_channel::<std::net::SocketAddr>(64);
+        let endpoints = endpoints::discover(discovery, changes, self.inner.shutdown.clone()).await;
+        let route = Route::new(channel, Arc::from(target), endpoints.clone());
         let built = build_stack(
-            discovery,
+            target,
+            route,
+            endpoints,
             &self.inner.settings,
             self.inner.rules.clone(),
             self.inner.tokens.clone(),
-            self.inner.shutdown.clone(),
-        )
-        .await?;
+        )?;
+        Ok(self.keep(&mut targets, target, built))
+    }
+
+    fn keep(&self, targets: &mut HashMap<String, Arc<Target>>, target: &str, built: Target) -> MeshChannel {
         let built = Arc::new(built);
         targets.insert(target.to_owned(), built.clone());
         self.inner.report.lock().unwrap_or_else(|e| e.into_inner()).insert(target.to_owned(), built.clone());
-        Ok(built.channel.clone())
+        built.channel.clone()
     }
 
     /// Breaker state and endpoints per target, for `/health/detailed`.
@@ -300,31 +348,31 @@ fn record_transition(target: &str, from: CircuitState, to: CircuitState) {
     }
 }
 
-/// The client stack to one target, outermost layer first.
-async fn build_stack(
-    discovery: Discovery,
+/// The client stack to one target over `inner` (the routed endpoints, or
+/// this process's own server), outermost layer first.
+fn build_stack<S>(
+    name: &str,
+    inner: S,
+    endpoints: EndpointStates,
     settings: &ClientSettings,
     rules: Arc<MethodRules>,
     tokens: Arc<OnceLock<Arc<ServiceTokens>>>,
-    shutdown: CancellationToken,
-) -> Result<Target, Status> {
-    let target: Arc<str> = Arc::from(discovery.target.as_str());
-
-    // Innermost: tonic's balanced channel (power of two choices by calls in
-    // flight) over the endpoints discovery finds and health-watches; one
-    // buffer in front of it lets every clone of the stack share it.
-    let (channel, changes) = tonic::transport::Channel::balance_channel::<std::net::SocketAddr>(64);
-    let endpoints = endpoints::discover(discovery.clone(), changes, shutdown).await;
-    // No endpoint up: fail now, with UNAVAILABLE, rather than wait; one
-    // up: call it directly.
-    let balanced = Route::new(channel, target.clone(), endpoints.clone());
-
+) -> Result<Target, Status>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let target: Arc<str> = Arc::from(name);
     let target_for_shed = target.clone();
     let target_for_breaker = target.clone();
     let open_for = settings.open_for;
-    let breaker_name = discovery.target.clone();
+    let breaker_name = name.to_owned();
     let (breaker, handle) = CircuitBreakerLayer::builder()
-        .name(discovery.target.clone())
+        .name(name.to_owned())
         .sliding_window_type(SlidingWindowType::CountBased)
         .sliding_window_size(settings.window)
         .minimum_number_of_calls(settings.minimum_calls)
@@ -335,7 +383,7 @@ async fn build_stack(
         .on_state_transition(move |from, to| record_transition(&breaker_name, from, to))
         .build_with_handle()
         .map_err(|e| Status::internal(format!("circuit breaker settings: {e}")))?;
-    record_transition(&discovery.target, CircuitState::Closed, CircuitState::Closed);
+    record_transition(name, CircuitState::Closed, CircuitState::Closed);
 
     let stack = ServiceBuilder::new()
         // 1. Context: the current request's id and trace travel on, and the
@@ -394,8 +442,8 @@ async fn build_stack(
         })
         .load_shed()
         .concurrency_limit(settings.concurrency)
-        // 7. The balanced endpoints (above).
-        .service(balanced);
+        // 7. The endpoints, or this process's own server.
+        .service(inner);
 
     Ok(Target {
         channel: BoxCloneSyncService::new(tower::util::MapErr::new(stack, MeshError)),
