@@ -77,6 +77,12 @@ impl App {
                 let addr = bound.addr();
                 let routes = runtime.grpc_routes()?;
                 let auth = runtime.auth.clone();
+                // Calls to services of this process (the gateway's, and
+                // between services in `dev`) skip the socket.
+                let served: Vec<&str> =
+                    components.iter().filter_map(|c| c.spec()).map(|spec| spec.name).collect();
+                let local = postmesh_kit::server::local_service(routes.clone(), &auth);
+                runtime.clients.serve_locally(&served, local).await;
                 let shutdown = shutdown.clone();
                 let options = ServeOptions::from_config(&config);
                 servers.spawn(async move {
@@ -90,7 +96,8 @@ impl App {
         let http_addr = if serves_gateway {
             let bound = bind(config.http_listen).await?;
             let addr = bound.addr();
-            let router = postmesh_gateway::router(runtime.health.clone());
+            let router =
+                postmesh_gateway::router(&runtime).map_err(|e| StartError::Gateway(e.to_string()))?;
             let shutdown = shutdown.clone();
             servers.spawn(async move {
                 serve_http(bound, router, shutdown, grace).await.map_err(|e| e.to_string())
