@@ -56,7 +56,7 @@ impl Component {
         match self {
             Component::User => runtime.add_grpc_service(postmesh_user::router(&deps)),
             Component::Content => runtime.add_grpc_service(postmesh_content::router(&deps)),
-            Component::Social => runtime.add_grpc_service(postmesh_social::router(&deps)),
+            Component::Social => runtime.add_grpc_service(postmesh_social::router(&deps).await?),
             Component::Analytics => runtime.add_grpc_service(postmesh_analytics::router(&deps)),
             Component::Ai => runtime.add_grpc_service(postmesh_ai::router(&deps)),
             Component::Notification => runtime.add_grpc_service(postmesh_notification::router(&deps)),
