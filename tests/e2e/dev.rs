@@ -1,8 +1,8 @@
 //! `postmesh dev`: every service in one process, healthy and discoverable.
 
 use postmesh_kit::testing::TestEnv;
-use postmesh_proto::postmesh::content::v1::ListPostsRequest;
-use postmesh_proto::postmesh::content::v1::content_service_client::ContentServiceClient;
+use postmesh_proto::postmesh::analytics::v1::GetDashboardRequest;
+use postmesh_proto::postmesh::analytics::v1::analytics_service_client::AnalyticsServiceClient;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{
@@ -36,10 +36,10 @@ async fn dev_answers_rpcs_of_later_issues_with_unimplemented_and_echoes_request_
     let env = TestEnv::new().await;
     let process = Process::start(&env, &["dev"]);
     let (access, _, _) = register(process.channel().await, "unimplemented").await;
-    let mut content = ContentServiceClient::new(process.channel().await);
-    let mut request = bearer(ListPostsRequest::default(), &access);
+    let mut analytics = AnalyticsServiceClient::new(process.channel().await);
+    let mut request = bearer(GetDashboardRequest::default(), &access);
     request.metadata_mut().insert("x-request-id", "e2e-request-1".parse().unwrap());
-    let status = content.list_posts(request).await.unwrap_err();
+    let status = analytics.get_dashboard(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
     assert_eq!(status.metadata().get("x-request-id").unwrap(), "e2e-request-1");
 }

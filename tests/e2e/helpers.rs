@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use postmesh_kit::testing::TestEnv;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -222,4 +225,82 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) 
     let response = reqwest::get(format!("http://{addr}{path}")).await.expect("HTTP answers");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// HTTP calls to a gateway.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+/// An answer: status, headers, body as JSON (`Null` when it is not JSON).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    /// The first field violation's field, if any.
+    pub fn violated_field(&self) -> &str {
+        self.body["details"][0]["field_violations"][0]["field"].as_str().unwrap_or("")
+    }
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { base: format!("http://{addr}"), http: reqwest::Client::new() }
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("the gateway answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("a body");
+        Answer { status, headers, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
+        let mut request = self.request(method, path);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.send(request).await
+    }
+}
+
+/// A registered account.
+pub struct Account {
+    pub token: String,
+    pub user_id: String,
+}
+
+pub async fn sign_up(api: &Api, name: &str) -> Account {
+    let email = format!("{name}.{}@example.com", uuid::Uuid::now_v7().simple());
+    let body = json!({ "email": email, "password": PASSWORD, "display_name": name });
+    let answer = api.call(Method::POST, "/api/users/register", None, Some(body)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    Account {
+        token: answer.body["tokens"]["access_token"].as_str().expect("access token").to_owned(),
+        user_id: answer.body["user"]["id"].as_str().expect("user id").to_owned(),
+    }
+}
+
+/// `postmesh dev` and its gateway.
+pub fn dev(env: &TestEnv, vars: &[(&str, &str)]) -> (Process, Api) {
+    let process = Process::start_with(env, &["dev"], vars);
+    let api = Api::new(process.http.expect("dev serves the gateway"));
+    (process, api)
 }

@@ -4,8 +4,16 @@
 
 mod auth;
 mod cli;
+mod content;
 mod dev;
+mod gateway;
 mod helpers;
 mod migrate;
+mod openapi;
+mod platforms;
+mod publishing;
 mod resilience;
 mod serve;
+mod standin;
+mod templates;
+mod text;
