@@ -69,7 +69,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "database_max_connections",
         default: "10",
-        help: "connection pool size per service database",
+        help: "connection pool size per service database on PostgreSQL (SQLite uses one connection: it has one writer, and more connections only wait on its lock)",
     },
     KeyDoc {
         key: "redis_url",
@@ -1022,6 +1022,11 @@ impl MethodTimeouts {
     pub fn get(&self, path: &str) -> Option<Duration> {
         let path = path.trim_start_matches('/');
         self.0.iter().find(|(method, _)| method == path).map(|(_, d)| *d)
+    }
+
+    /// Every `package.Service/Method` with its deadline.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Duration)> {
+        self.0.iter().map(|(method, d)| (method.as_str(), *d))
     }
 }
 
