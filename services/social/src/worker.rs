@@ -168,7 +168,7 @@ impl Worker {
         }
         let credentials = self.credentials(&account)?;
         let content = job.content.clone().unwrap_or_default();
-        self.pace(platform, &account.id).await?;
+        self.pace(platform, &account.id, &credentials).await?;
 
         let started = Instant::now();
         let answer = self.adapters.publish(platform, &credentials, &content, &job.idempotency_key).await;
@@ -220,7 +220,12 @@ impl Worker {
     }
 
     /// Keeps the paces the registry names for the platform and the account.
-    async fn pace(&self, platform: Platform, account_id: &str) -> Result<(), Stop> {
+    async fn pace(
+        &self,
+        platform: Platform,
+        account_id: &str,
+        credentials: &Credentials,
+    ) -> Result<(), Stop> {
         let Some(info) = platforms::info(platform) else { return Ok(()) };
         for limit in &info.rate_limits {
             let period = limit.period.map(|p| Duration::new(p.seconds.max(0) as u64, p.nanos.max(0) as u32));
@@ -230,6 +235,14 @@ impl Worker {
             }
             let key = match RateLimitScope::try_from(limit.scope) {
                 Ok(RateLimitScope::Account) => format!("social:pace:{}:{account_id}", platform.as_str_name()),
+                Ok(RateLimitScope::Credential) => {
+                    let shared = platforms::shared_credential(platform, credentials);
+                    format!(
+                        "social:pace:{}:credential:{}",
+                        platform.as_str_name(),
+                        shared.unwrap_or(account_id)
+                    )
+                }
                 _ => format!("social:pace:{}", platform.as_str_name()),
             };
             let pace = Pace { limit: requests, period, burst: requests };

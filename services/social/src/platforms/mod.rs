@@ -65,6 +65,17 @@ impl PlatformUrls {
     }
 }
 
+/// What identifies the credential several accounts may share, for paces
+/// of scope `RATE_LIMIT_SCOPE_CREDENTIAL`: a Telegram bot's numeric id (the
+/// part of its token before the colon, which is public). `None` where each
+/// account has its own.
+pub fn shared_credential(platform: Platform, credentials: &Credentials) -> Option<&str> {
+    match platform {
+        Platform::Telegram => credentials.get("bot_token")?.split_once(':').map(|(bot, _)| bot),
+        _ => None,
+    }
+}
+
 /// Credential values by field name; `Debug` prints names only, never values.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials(pub BTreeMap<String, String>);

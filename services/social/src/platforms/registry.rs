@@ -195,9 +195,9 @@ fn telegram() -> PlatformInfo {
             post_url: false,
             language: false,
         }),
-        // Bots may send 20 messages a minute to one group and 30 a second
-        // overall.
-        rate_limits: vec![per_account(20, 60), per_platform(30, 1)],
+        // A bot may send 20 messages a minute to one group and 30 a second
+        // overall, whichever chats (accounts) it serves.
+        rate_limits: vec![per_account(20, 60), per_credential(30, 1)],
     }
 }
 
@@ -366,8 +366,8 @@ fn per_account(requests: i32, seconds: u64) -> RateLimit {
     rate_limit(RateLimitScope::Account, requests, seconds)
 }
 
-fn per_platform(requests: i32, seconds: u64) -> RateLimit {
-    rate_limit(RateLimitScope::Platform, requests, seconds)
+fn per_credential(requests: i32, seconds: u64) -> RateLimit {
+    rate_limit(RateLimitScope::Credential, requests, seconds)
 }
 
 fn rate_limit(scope: RateLimitScope, requests: i32, seconds: u64) -> RateLimit {
