@@ -127,35 +127,7 @@ impl RequestContext {
     }
 }
 
-/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
-pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
-    use std::time::Duration;
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
-/// Formats a duration as a `grpc-timeout` value (milliseconds, rounded up,
-/// or microseconds below one).
-pub fn format_grpc_timeout(timeout: std::time::Duration) -> String {
-    let micros = timeout.as_micros();
-    if micros < 1000 {
-        format!("{}u", micros.max(1))
-    } else {
-        format!("{}m", micros.div_ceil(1000).min(99_999_999))
-    }
-}
+pub use postmesh_client::resilience::{format_grpc_timeout, parse_grpc_timeout};
 
 /// Request ids are echoed into logs and headers: keep them short and plain.
 fn is_valid_request_id(value: &str) -> bool {
@@ -307,18 +279,6 @@ mod tests {
         let context = RequestContext::from_headers(&headers);
         assert!(uuid::Uuid::parse_str(&context.request_id).is_ok());
         assert_eq!(parse_trace_id(&context.traceparent).map(|t| t.len()), Some(32));
-    }
-
-    #[test]
-    fn grpc_timeouts_round_trip() {
-        use std::time::Duration;
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("5x"), None);
-        assert_eq!(parse_grpc_timeout("123456789m"), None, "more than 8 digits");
-        assert_eq!(format_grpc_timeout(Duration::from_micros(1500)), "2m");
-        assert_eq!(format_grpc_timeout(Duration::from_micros(10)), "10u");
     }
 
     #[tokio::test]

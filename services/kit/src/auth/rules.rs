@@ -25,8 +25,6 @@ pub enum MethodRule {
 #[derive(Debug, Clone)]
 pub struct MethodRules {
     rules: HashMap<String, MethodRule>,
-    /// Paths whose `idempotency_level` is NO_SIDE_EFFECTS or IDEMPOTENT.
-    idempotent: std::collections::HashSet<String>,
 }
 
 impl MethodRules {
@@ -35,20 +33,10 @@ impl MethodRules {
         let pool = DescriptorPool::decode(bytes)?;
         let extension = pool.get_extension_by_name("postmesh.options.v1.auth");
         let mut rules = HashMap::new();
-        let mut idempotent = std::collections::HashSet::new();
         for service in pool.services() {
             for method in service.methods() {
                 let path = format!("/{}/{}", service.full_name(), method.name());
                 let options = method.options();
-                // google.protobuf.MethodOptions.idempotency_level: 1 is
-                // NO_SIDE_EFFECTS, 2 IDEMPOTENT.
-                let level = options
-                    .get_field_by_name("idempotency_level")
-                    .and_then(|v| v.as_enum_number())
-                    .unwrap_or(0);
-                if level == 1 || level == 2 {
-                    idempotent.insert(path.clone());
-                }
                 let rule = match &extension {
                     Some(ext) if options.has_extension(ext) => {
                         let value = options.get_extension(ext);
@@ -79,13 +67,7 @@ impl MethodRules {
                 rules.insert(path, rule);
             }
         }
-        Ok(Self { rules, idempotent })
-    }
-
-    /// Whether the contract says calling the method again is safe, so a
-    /// failed call may be retried.
-    pub fn idempotent(&self, path: &str) -> bool {
-        self.idempotent.contains(path)
+        Ok(Self { rules })
     }
 
     /// The rules of the postmesh contract.
@@ -130,15 +112,6 @@ mod tests {
         );
         assert_eq!(rules.rule("/grpc.health.v1.Health/Check"), MethodRule::Public);
         assert_eq!(rules.rule("/postmesh.nope.v1.Nope/Call"), MethodRule::Authenticated { permission: None });
-    }
-
-    #[test]
-    fn idempotency_comes_from_the_contract() {
-        let rules = MethodRules::postmesh();
-        assert!(rules.idempotent("/postmesh.user.v1.UserService/GetJwks"), "NO_SIDE_EFFECTS");
-        assert!(rules.idempotent("/postmesh.user.v1.UserService/RevokeApiKey"), "IDEMPOTENT");
-        assert!(!rules.idempotent("/postmesh.user.v1.UserService/Register"));
-        assert!(!rules.idempotent("/postmesh.content.v1.ContentService/CreatePost"));
     }
 
     #[test]

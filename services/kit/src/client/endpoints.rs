@@ -53,19 +53,6 @@ pub(crate) struct Discovery {
     pub refresh: Duration,
 }
 
-/// Whether a call ended because its deadline passed (tonic enforces
-/// `grpc-timeout` in the channel).
-pub(crate) fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(err) = source {
-        if err.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
-}
-
 /// Resolves the target's hosts now and every `refresh` until `shutdown`,
 /// adding and removing endpoints. Returns after the first resolution.
 pub(crate) async fn discover(
