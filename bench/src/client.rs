@@ -36,7 +36,7 @@ async fn serve(auth: Auth) -> anyhow::Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 

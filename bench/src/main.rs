@@ -14,6 +14,16 @@
 //! tonic channel to the same in-process server (latency percentiles of
 //! sequential calls), then how long after a callee dies calls fail fast.
 //!
+//! `gateway [calls]`: the same cheap call (`GetProfile`) as JSON through
+//! the gateway and as gRPC straight to the service, against one `postmesh
+//! dev`: sequential latency, alternating call by call, then throughput
+//! with 32 calls in flight.
+//!
+//! `publish [posts]`: a post to five accounts on local fake platforms
+//! (Discord, Mastodon, Bluesky, Telegram, Slack), from the create request
+//! to every target Posted: latency one post after another, then sustained
+//! posts per second with several in flight.
+//!
 //! `verify [count]`: access-token verifications per second on one core, as
 //! every service's auth layer does them: signature and claims alone, then
 //! with the revocation lookup (in memory, or Redis when
@@ -28,6 +38,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 mod client;
+mod gateway;
+mod publish;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -44,6 +56,14 @@ async fn main() -> anyhow::Result<()> {
             let calls = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
             client::run(calls).await
         }
+        Some("gateway") => {
+            let calls = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
+            gateway::run(&binary()?, calls).await
+        }
+        Some("publish") => {
+            let posts = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(200);
+            publish::run(&binary()?, posts).await
+        }
         Some("verify") => {
             let count = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
             // Its own thread and single-threaded runtime: one core's worth.
@@ -51,7 +71,11 @@ async fn main() -> anyhow::Result<()> {
                 .join()
                 .map_err(|_| anyhow::anyhow!("benchmark panicked"))?
         }
-        _ => bail!("usage: postmesh-bench startup [runs] | client [calls] | verify [count]"),
+        _ => {
+            bail!(
+                "usage: postmesh-bench startup [runs] | client [calls] | gateway [calls] | publish [posts] | verify [count]"
+            )
+        }
     }
 }
 
@@ -67,6 +91,8 @@ fn binary() -> anyhow::Result<PathBuf> {
 struct Started {
     child: Child,
     to_serving: Duration,
+    grpc: String,
+    http: String,
 }
 
 impl Drop for Started {
@@ -78,12 +104,13 @@ impl Drop for Started {
 
 /// Spawns `postmesh dev` on free ports and waits until gRPC health says
 /// SERVING for the whole process.
-async fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<Started> {
+async fn start(binary: &Path, data_dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<Started> {
     let began = Instant::now();
     let mut child = Command::new(binary)
         .args(["dev", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("POSTMESH_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -94,11 +121,13 @@ async fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<Started> {
     })
     .await?
     .context("postmesh exited before it was ready")?;
-    let grpc = line
-        .split_whitespace()
-        .find_map(|p| p.strip_prefix("grpc="))
-        .context("ready line names the gRPC address")?
-        .to_owned();
+    let address = |name: &str| {
+        line.split_whitespace()
+            .find_map(|p| p.strip_prefix(name))
+            .map(str::to_owned)
+            .with_context(|| format!("ready line names the {name} address"))
+    };
+    let (grpc, http) = (address("grpc=")?, address("http=")?);
     let mut client = loop {
         match tonic::transport::Channel::from_shared(format!("http://{grpc}"))?.connect().await {
             Ok(channel) => break HealthClient::new(channel),
@@ -112,7 +141,7 @@ async fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<Started> {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok(Started { child, to_serving: began.elapsed() })
+    Ok(Started { child, to_serving: began.elapsed(), grpc, http })
 }
 
 /// Verifications on a single-threaded runtime: one core's worth.
@@ -184,17 +213,17 @@ async fn startup(binary: &Path, runs: usize) -> anyhow::Result<()> {
     let mut warm = Vec::new();
     for _ in 0..runs {
         let dir = tempfile::tempdir()?;
-        let first = start(binary, dir.path()).await?;
+        let first = start(binary, dir.path(), &[]).await?;
         cold.push(first.to_serving);
         drop(first);
-        warm.push(start(binary, dir.path()).await?.to_serving);
+        warm.push(start(binary, dir.path(), &[]).await?.to_serving);
     }
     println!("postmesh dev, spawn to gRPC health SERVING, {runs} runs each");
     println!("  cold (empty data dir): {}", summary(&mut cold));
     println!("  warm (existing data):  {}", summary(&mut warm));
 
     let dir = tempfile::tempdir()?;
-    let idle = start(binary, dir.path()).await?;
+    let idle = start(binary, dir.path(), &[]).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (rss, peak) = resident_kib(idle.child.id())?;
     println!(
