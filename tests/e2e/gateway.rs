@@ -12,6 +12,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{Api, PASSWORD, Process, dev, sign_up};
+use crate::openapi::PUBLIC_ROUTES;
 use crate::standin::StandIn;
 
 const SECRET: &str = "gateway-tests-service-secret-at-least-32-chars";
@@ -704,68 +705,12 @@ async fn every_public_route_answers_through_the_gateway() {
     let (_dev, api) = dev(&env, &[]);
     let account = sign_up(&api, "routes").await;
     let id = uuid::Uuid::now_v7().to_string();
-    // ROUTES.md, with placeholders filled.
-    let routes = [
-        ("POST", "/api/users/register"),
-        ("POST", "/api/users/login"),
-        ("POST", "/api/users/login/verify"),
-        ("POST", "/api/users/token/refresh"),
-        ("GET", "/api/users/profile"),
-        ("PUT", "/api/users/profile"),
-        ("GET", "/api/users/{id}"),
-        ("DELETE", "/api/users/{id}"),
-        ("POST", "/api/users/2fa/enroll"),
-        ("POST", "/api/users/2fa/confirm"),
-        ("POST", "/api/users/api-keys"),
-        ("GET", "/api/users/api-keys"),
-        ("DELETE", "/api/users/api-keys/{id}"),
-        ("POST", "/api/content/posts"),
-        ("GET", "/api/content/posts"),
-        ("GET", "/api/content/posts/{id}"),
-        ("PUT", "/api/content/posts/{id}"),
-        ("DELETE", "/api/content/posts/{id}"),
-        ("GET", "/api/content/posts/{id}/status"),
-        ("POST", "/api/content/templates"),
-        ("GET", "/api/content/templates"),
-        ("GET", "/api/content/analytics"),
-        ("GET", "/api/social/platforms"),
-        ("POST", "/api/social/connect"),
-        ("GET", "/api/social/accounts"),
-        ("POST", "/api/social/publish"),
-        ("GET", "/api/social/metrics"),
-        ("GET", "/api/analytics/dashboard"),
-        ("GET", "/api/analytics/posts/{id}/performance"),
-        ("GET", "/api/analytics/audience"),
-        ("GET", "/api/analytics/trends"),
-        ("POST", "/api/analytics/reports"),
-        ("POST", "/api/ai/generate/content"),
-        ("POST", "/api/ai/analyze/sentiment"),
-        ("POST", "/api/ai/optimize/hashtags"),
-        ("POST", "/api/ai/schedule/optimal"),
-        ("GET", "/api/ai/models/status"),
-        ("POST", "/api/notifications/send"),
-        ("GET", "/api/notifications/user/{id}"),
-        ("PUT", "/api/notifications/{id}/read"),
-        ("POST", "/api/notifications/subscribe"),
-        ("GET", "/api/notifications/stream"),
-        ("POST", "/api/webhooks/register"),
-        ("POST", "/api/webhooks/trigger"),
-        ("GET", "/api/webhooks/logs"),
-        ("PUT", "/api/webhooks/{id}/retry"),
-        ("POST", "/api/webhooks/twitch"),
-        ("POST", "/api/webhooks/inbound/{id}"),
-        ("GET", "/.well-known/jwks.json"),
-        ("GET", "/openapi.json"),
-        ("GET", "/metrics"),
-        ("GET", "/health"),
-        ("GET", "/health/live"),
-        ("GET", "/health/ready"),
-        ("GET", "/health/detailed"),
-        // Logout last: it ends the session the other calls use.
-        ("POST", "/api/users/logout"),
-    ];
+    // Every route of ROUTES.md; logout last, as it ends the session the
+    // other calls use.
+    let logout = ("POST", "/api/users/logout");
+    let routes = PUBLIC_ROUTES.iter().copied().filter(|route| *route != logout).chain([logout]);
     for (method, path) in routes {
-        let path = path.replace("{id}", &id);
+        let path = path.replace("{id}", &id).replace("{source}", "routes");
         let method: Method = method.parse().unwrap();
         let mut request = api.request(method.clone(), &path).bearer_auth(&account.token);
         if method == Method::POST || method == Method::PUT {

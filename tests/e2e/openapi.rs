@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 use crate::helpers::{Process, get_json};
 
 /// Every route of `shared/ROUTES.md` (method and path, as written there).
-const PUBLIC_ROUTES: &[(&str, &str)] = &[
+pub const PUBLIC_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/users/register"),
     ("POST", "/api/users/login"),
     ("POST", "/api/users/login/verify"),
