@@ -499,7 +499,12 @@ async fn connect_reports_the_account_and_what_publishing_needs() {
 async fn an_unreachable_platform_is_a_network_failure_that_never_shows_the_token() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let nowhere = format!("http://{closed}");
-    let urls = PlatformUrls { telegram: nowhere.clone(), twitch: nowhere.clone(), bluesky: nowhere };
+    let urls = PlatformUrls {
+        telegram: nowhere.clone(),
+        twitch: nowhere.clone(),
+        twitch_auth: nowhere.clone(),
+        bluesky: nowhere,
+    };
     let adapters = Adapters::new(urls, TIMEOUT);
     let token = "123456:SECRETsecretSECRETsecret";
     let credentials = Credentials::from_iter([("bot_token", token), ("chat_id", "@fake_channel")]);

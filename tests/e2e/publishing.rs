@@ -296,3 +296,71 @@ async fn another_workspace_sees_and_touches_nothing() {
     assert_eq!(mine.body["post"]["status"], "POST_STATUS_DRAFT", "{}", mine.body);
     assert!(stage.fakes.posts(Platform::Discord).is_empty());
 }
+
+/// Waits until `account_id` has `status`; the account as it then reads.
+async fn account_reaches(stage: &Stage, account_id: &str, status: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + SETTLE_WITHIN;
+    loop {
+        let path = format!("/api/social/accounts/{account_id}");
+        let answer = stage.api.call(Method::GET, &path, Some(&stage.user.token), None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        if answer.body["account"]["status"] == status {
+            return answer.body["account"].clone();
+        }
+        // The account says nothing when its token changes: look again.
+        assert!(tokio::time::Instant::now() < deadline, "account never {status}: {}", answer.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn twitch_tokens_are_refreshed_before_they_expire() {
+    let env = TestEnv::new().await;
+    let stage = stage(&env, &[]).await;
+    // Tokens that last five minutes are inside the ten-minute margin: the
+    // connect itself queues the refresh.
+    stage.fakes.set_twitch_token_lifetime(Duration::from_secs(300));
+    let account = stage.connect(Platform::Twitch).await;
+    stage.fakes.wait_for_twitch_refreshes(1, SETTLE_WITHIN).await;
+
+    // Twitch no longer takes the token postmesh was given; the post goes
+    // out with the refreshed one.
+    let post = stage.create(json!({ "text": "Live now", "target_account_ids": [account] })).await;
+    let status = stage.settled(post["id"].as_str().unwrap()).await;
+    assert_eq!(status["status"], "POST_STATUS_POSTED", "{status}");
+    assert_eq!(stage.fakes.posts(Platform::Twitch).len(), 1);
+    let account = account_reaches(&stage, &account, "ACCOUNT_STATUS_ACTIVE").await;
+    assert!(account["token_expires_at"].as_str().is_some(), "{account}");
+}
+
+#[tokio::test]
+async fn a_refused_refresh_asks_for_a_reconnect() {
+    let env = TestEnv::new().await;
+    let stage = stage(&env, &[]).await;
+    stage.fakes.set_twitch_token_lifetime(Duration::from_secs(300));
+    let credentials = stage.fakes.credentials(Platform::Twitch);
+    stage.fakes.revoke_twitch_refresh_tokens();
+    let body = json!({ "platform": "PLATFORM_TWITCH", "credentials": credentials });
+    let answer =
+        stage.api.call(Method::POST, "/api/social/connect", Some(&stage.user.token), Some(body)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let id = answer.body["account"]["id"].as_str().unwrap().to_owned();
+
+    let account = account_reaches(&stage, &id, "ACCOUNT_STATUS_NEEDS_REAUTH").await;
+    let reason = account["status_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("Invalid refresh token"), "{account}");
+    assert!(!reason.contains(&credentials["refresh_token"]), "no secrets in reasons: {reason}");
+}
+
+#[tokio::test]
+async fn a_refresh_token_needs_the_client_secret() {
+    let env = TestEnv::new().await;
+    let stage = stage(&env, &[]).await;
+    let mut credentials = stage.fakes.credentials(Platform::Twitch);
+    credentials.remove("client_secret");
+    let body = json!({ "platform": "PLATFORM_TWITCH", "credentials": credentials });
+    let answer =
+        stage.api.call(Method::POST, "/api/social/connect", Some(&stage.user.token), Some(body)).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+    assert!(answer.body.to_string().contains("credentials.client_secret"), "{}", answer.body);
+}

@@ -204,6 +204,16 @@ pub const KEYS: &[KeyDoc] = &[
         help: "base URL of the Twitch Helix API",
     },
     KeyDoc {
+        key: "social_twitch_auth_url",
+        default: "https://id.twitch.tv",
+        help: "base URL of Twitch's OAuth server (token validation and refresh)",
+    },
+    KeyDoc {
+        key: "social_token_refresh_margin",
+        default: "10m",
+        help: "OAuth access tokens are refreshed when they expire within this margin",
+    },
+    KeyDoc {
         key: "social_bluesky_service_url",
         default: "https://bsky.social",
         help: "Bluesky service (PDS or entryway) used when an account names none",
@@ -379,6 +389,11 @@ pub struct Config {
     pub social_telegram_api_url: String,
     /// Twitch Helix API base URL.
     pub social_twitch_api_url: String,
+    /// Twitch OAuth server base URL.
+    pub social_twitch_auth_url: String,
+    /// Tokens expiring within this margin are refreshed.
+    #[serde(with = "human_duration")]
+    pub social_token_refresh_margin: Duration,
     /// Default Bluesky service URL.
     pub social_bluesky_service_url: String,
     /// Timeout of one publish call to a platform.
@@ -464,6 +479,8 @@ impl Default for Config {
             gateway_max_body_bytes: 10 * 1024 * 1024,
             social_telegram_api_url: "https://api.telegram.org".into(),
             social_twitch_api_url: "https://api.twitch.tv".into(),
+            social_twitch_auth_url: "https://id.twitch.tv".into(),
+            social_token_refresh_margin: Duration::from_secs(600),
             social_bluesky_service_url: "https://bsky.social".into(),
             social_publish_timeout: Duration::from_secs(15),
             social_publish_max_attempts: 8,
@@ -565,6 +582,7 @@ impl Config {
             ("client_dns_refresh", self.client_dns_refresh),
             ("client_breaker_open_for", self.client_breaker_open_for),
             ("gateway_request_timeout", self.gateway_request_timeout),
+            ("social_token_refresh_margin", self.social_token_refresh_margin),
         ] {
             if value.is_zero() {
                 problems.push(problem(key, "must be longer than zero"));
@@ -576,6 +594,7 @@ impl Config {
         for (key, value) in [
             ("social_telegram_api_url", &self.social_telegram_api_url),
             ("social_twitch_api_url", &self.social_twitch_api_url),
+            ("social_twitch_auth_url", &self.social_twitch_auth_url),
             ("social_bluesky_service_url", &self.social_bluesky_service_url),
         ] {
             match url::Url::parse(value) {

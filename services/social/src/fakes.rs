@@ -123,6 +123,7 @@ impl FakePlatforms {
         PlatformUrls {
             telegram: format!("{}/telegram", self.base_url),
             twitch: format!("{}/twitch", self.base_url),
+            twitch_auth: format!("{}/twitch", self.base_url),
             bluesky: format!("{}/bluesky", self.base_url),
         }
     }
@@ -134,6 +135,7 @@ impl FakePlatforms {
         vec![
             ("POSTMESH_SOCIAL_TELEGRAM_API_URL".into(), urls.telegram),
             ("POSTMESH_SOCIAL_TWITCH_API_URL".into(), urls.twitch),
+            ("POSTMESH_SOCIAL_TWITCH_AUTH_URL".into(), urls.twitch_auth),
             ("POSTMESH_SOCIAL_BLUESKY_SERVICE_URL".into(), urls.bluesky),
         ]
     }
@@ -199,8 +201,19 @@ impl FakePlatforms {
                     id: (140_000_000 + n).to_string(),
                     login: format!("streamer{n}"),
                 };
+                let (refresh_token, client_secret) =
+                    (random_token(50).to_ascii_lowercase(), random_token(30).to_ascii_lowercase());
+                books.twitch_grants.insert(
+                    refresh_token.clone(),
+                    TwitchGrant { client_secret: client_secret.clone(), user: user.clone() },
+                );
                 books.twitch.insert(token.clone(), user);
-                vec![("client_id", client_id), ("access_token", token)]
+                vec![
+                    ("client_id", client_id),
+                    ("access_token", token),
+                    ("refresh_token", refresh_token),
+                    ("client_secret", client_secret),
+                ]
             }
             Platform::Webhook => {
                 let key = postmesh_kit::crypto::random_bytes(24);
@@ -258,6 +271,35 @@ impl FakePlatforms {
         self.state.books().bluesky_sessions.clear();
     }
 
+    /// Sets how long new Twitch access tokens last (what `validate` and
+    /// `token` say); by default four hours.
+    pub fn set_twitch_token_lifetime(&self, lifetime: Duration) {
+        self.state.books().twitch_token_lifetime = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
+    }
+
+    /// Revokes every Twitch refresh token: refreshes get 400.
+    pub fn revoke_twitch_refresh_tokens(&self) {
+        self.state.books().twitch_grants.clear();
+    }
+
+    /// Waits until Twitch granted at least `n` refreshed tokens; panics
+    /// after `timeout`.
+    pub async fn wait_for_twitch_refreshes(&self, n: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let refreshed = self.state.posted.notified();
+            tokio::pin!(refreshed);
+            refreshed.as_mut().enable();
+            let done = self.state.books().twitch_refreshes;
+            if done >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, refreshed).await.is_err() {
+                panic!("Twitch refreshed {done} of {n} tokens within {timeout:?}");
+            }
+        }
+    }
+
     /// How many Bluesky sessions were opened (`createSession` successes).
     pub fn bluesky_sessions_opened(&self) -> usize {
         self.state.books().bluesky_sessions_opened
@@ -299,6 +341,11 @@ struct Books {
     slack: HashMap<String, String>,
     /// By access token.
     twitch: HashMap<String, TwitchUser>,
+    /// By refresh token.
+    twitch_grants: HashMap<String, TwitchGrant>,
+    /// Seconds a Twitch access token lasts (0: the default, four hours).
+    twitch_token_lifetime: i64,
+    twitch_refreshes: usize,
     /// Signing keys by endpoint id.
     webhooks: HashMap<String, Vec<u8>>,
 }
@@ -338,6 +385,12 @@ impl TelegramChat {
     fn json(&self) -> Value {
         json!({ "id": self.id, "type": "channel", "title": self.title, "username": self.username })
     }
+}
+
+/// What a Twitch refresh token trades for.
+struct TwitchGrant {
+    client_secret: String,
+    user: TwitchUser,
 }
 
 #[derive(Clone)]
@@ -408,6 +461,8 @@ fn router(state: Arc<Fake>) -> Router {
         .route("/bluesky/xrpc/com.atproto.repo.createRecord", post(bluesky_create_record))
         .route("/telegram/{bot}/{method}", any(telegram_method))
         .route("/slack/services/{team}/{hook}/{token}", post(slack_webhook))
+        .route("/twitch/oauth2/validate", get(twitch_validate))
+        .route("/twitch/oauth2/token", post(twitch_token))
         .route("/twitch/helix/users", get(twitch_users))
         .route("/twitch/helix/chat/announcements", post(twitch_announcement))
         .route("/webhook/{id}", post(webhook_receive))
@@ -1263,6 +1318,69 @@ fn twitch_user(fake: &Fake, headers: &HeaderMap) -> Result<TwitchUser, JsonError
         return Err(helix_json_error(StatusCode::UNAUTHORIZED, "Client ID and OAuth token do not match"));
     }
     Ok(user.clone())
+}
+
+impl Books {
+    fn twitch_lifetime(&self) -> i64 {
+        if self.twitch_token_lifetime > 0 { self.twitch_token_lifetime } else { 4 * 3600 }
+    }
+}
+
+/// `GET /oauth2/validate` with `Authorization: OAuth <token>`.
+async fn twitch_validate(State(fake): State<Arc<Fake>>, headers: HeaderMap) -> Response {
+    let books = fake.books();
+    let token = header(&headers, "authorization").and_then(|v| v.strip_prefix("OAuth ")).unwrap_or_default();
+    let Some(user) = books.twitch.get(token) else {
+        return json_answer(
+            StatusCode::UNAUTHORIZED,
+            json!({ "status": 401, "message": "invalid access token" }),
+        );
+    };
+    json_answer(
+        StatusCode::OK,
+        json!({
+            "client_id": user.client_id, "login": user.login, "user_id": user.id,
+            "scopes": ["moderator:manage:announcements"], "expires_in": books.twitch_lifetime(),
+        }),
+    )
+}
+
+/// `POST /oauth2/token` with `grant_type=refresh_token`: a new access token
+/// and a new refresh token; the old ones stop working.
+async fn twitch_token(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+    let mut books = fake.books();
+    let refused =
+        |message: &str| json_answer(StatusCode::BAD_REQUEST, json!({ "status": 400, "message": message }));
+    if field("grant_type") != "refresh_token" {
+        return refused("unsupported grant type");
+    }
+    let Some(grant) = books.twitch_grants.get(field("refresh_token")) else {
+        return refused("Invalid refresh token");
+    };
+    if grant.user.client_id != field("client_id") || grant.client_secret != field("client_secret") {
+        return json_answer(
+            StatusCode::FORBIDDEN,
+            json!({ "status": 403, "message": "invalid client secret" }),
+        );
+    }
+    let grant = books.twitch_grants.remove(field("refresh_token")).expect("looked up above");
+    books.twitch.retain(|_, user| user.id != grant.user.id);
+    let (access, refresh) = (random_token(30).to_ascii_lowercase(), random_token(50).to_ascii_lowercase());
+    let lifetime = books.twitch_lifetime();
+    books.twitch.insert(access.clone(), grant.user.clone());
+    books.twitch_grants.insert(refresh.clone(), grant);
+    books.twitch_refreshes += 1;
+    drop(books);
+    fake.posted.notify_waiters();
+    json_answer(
+        StatusCode::OK,
+        json!({
+            "access_token": access, "refresh_token": refresh, "expires_in": lifetime,
+            "scope": ["moderator:manage:announcements"], "token_type": "bearer",
+        }),
+    )
 }
 
 async fn twitch_users(

@@ -96,9 +96,11 @@ pub(crate) fn account_pb(model: &accounts::Model) -> pb::Account {
 }
 
 fn connect_error(err: ConnectError) -> ApiError {
+    // Credential names are fields of the request's `credentials` map.
+    let path = |field: String| if field == "platform" { field } else { format!("credentials.{field}") };
     match err {
-        ConnectError::InvalidField { field, reason } => ApiError::invalid(field, reason),
-        ConnectError::Rejected { field, message } => ApiError::invalid(field, message),
+        ConnectError::InvalidField { field, reason } => ApiError::invalid(path(field), reason),
+        ConnectError::Rejected { field, message } => ApiError::invalid(path(field), message),
         ConnectError::Unavailable(message) => ApiError::Unavailable(message),
     }
 }
@@ -210,6 +212,9 @@ impl SocialApi {
                 .await?
             }
         };
+        if crate::refresh::due(&self.deps, &model) {
+            crate::refresh::queue(&self.deps, &txn, &model).await?;
+        }
         let account = account_pb(&model);
         let event = pb::AccountConnectedEvent {
             event_id: uuid::Uuid::now_v7().to_string(),

@@ -5,9 +5,11 @@
 //! published targets, publish tries, and its outbox.
 //!
 //! Calls the content service (`EnqueuePublish` for publish requests,
-//! `BeginTargetPublish` before each try). Consumes `jobs.social.publish`.
+//! `BeginTargetPublish` before each try). Consumes `jobs.social.publish`
+//! and `jobs.social.refresh_token` (OAuth tokens renewed before they expire).
 //! Emits `events.social.{post_published, post_failed,
-//! publish_retry_scheduled, account_connected, account_disconnected}`.
+//! publish_retry_scheduled, account_connected, account_disconnected,
+//! token_refresh_failed}`.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "fakes")]
@@ -15,6 +17,7 @@ pub mod fakes;
 mod grpc;
 mod operations;
 pub mod platforms;
+mod refresh;
 mod store;
 mod worker;
 
@@ -42,5 +45,6 @@ pub async fn router(
 ) -> Result<SocialServiceServer<SocialApi>, postmesh_kit::bus::BusError> {
     let adapters = Adapters::new(PlatformUrls::from_config(&deps.config), deps.config.social_publish_timeout);
     worker::start(deps, adapters.clone()).await?;
+    refresh::start(deps, adapters.clone()).await?;
     Ok(SocialServiceServer::new(SocialApi::new(deps.clone(), adapters)))
 }

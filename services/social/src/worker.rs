@@ -112,6 +112,21 @@ enum Outcome<'a> {
     Failed(&'a PublishError),
 }
 
+/// The account's credentials, unsealed; `None` when it has none (it was
+/// disconnected).
+pub(crate) fn open_credentials(
+    deps: &ServiceDeps,
+    account: &accounts::Model,
+) -> Result<Option<Credentials>, String> {
+    let Some(sealed) = account.credentials.as_deref() else { return Ok(None) };
+    let plain = deps
+        .cipher
+        .decrypt(sealed, &credentials_context(&account.id))
+        .map_err(|e| format!("credentials cannot be opened: {e}"))?;
+    let map = serde_json::from_slice(&plain).map_err(|e| format!("credentials are unreadable: {e}"))?;
+    Ok(Some(Credentials(map)))
+}
+
 /// Exponential back-off with ±20% jitter for try `attempt` (from 1).
 fn backoff(attempt: u32) -> Duration {
     let exp = BACKOFF_BASE.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(BACKOFF_MAX);
@@ -177,9 +192,20 @@ impl Worker {
             Ok(done) => self.record(job, attempt, &account, done, took).await,
             Err(error) => {
                 self.note_attempt(job, attempt, &error, took).await;
+                if error.kind == PublishErrorKind::Unauthorized && self.token_replaced(&account).await {
+                    // The token was refreshed while this try used the old
+                    // one: the account is fine, try again with the new.
+                    return Err(Stop::Later("the account's token was refreshed meanwhile".into(), None));
+                }
                 Err(Stop::Fault(error))
             }
         }
+    }
+
+    /// Whether the account's token changed since `account` was read.
+    async fn token_replaced(&self, account: &accounts::Model) -> bool {
+        let now = accounts::Entity::find_by_id(account.id.clone()).one(self.deps.db.conn()).await;
+        matches!(now, Ok(Some(now)) if now.token_expires_at_ms != account.token_expires_at_ms)
     }
 
     /// Asks the content service whether to go on (and marks the target
@@ -205,18 +231,11 @@ impl Worker {
     }
 
     fn credentials(&self, account: &accounts::Model) -> Result<Credentials, Stop> {
-        let sealed = account
-            .credentials
-            .as_deref()
-            .ok_or_else(|| Stop::Fault(unavailable_account("the account has no credentials")))?;
-        let plain = self
-            .deps
-            .cipher
-            .decrypt(sealed, &credentials_context(&account.id))
-            .map_err(|e| Stop::Fault(internal(format!("credentials cannot be opened: {e}"))))?;
-        let map = serde_json::from_slice(&plain)
-            .map_err(|e| Stop::Fault(internal(format!("credentials are unreadable: {e}"))))?;
-        Ok(Credentials(map))
+        match open_credentials(&self.deps, account) {
+            Ok(Some(credentials)) => Ok(credentials),
+            Ok(None) => Err(Stop::Fault(unavailable_account("the account has no credentials"))),
+            Err(message) => Err(Stop::Fault(internal(message))),
+        }
     }
 
     /// Keeps the paces the registry names for the platform and the account.

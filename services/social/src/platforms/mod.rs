@@ -50,6 +50,8 @@ pub struct PlatformUrls {
     pub telegram: String,
     /// Twitch Helix API, such as `https://api.twitch.tv`.
     pub twitch: String,
+    /// Twitch's OAuth server, such as `https://id.twitch.tv`.
+    pub twitch_auth: String,
     /// Bluesky service (PDS or entryway) for accounts that name none.
     pub bluesky: String,
 }
@@ -60,6 +62,7 @@ impl PlatformUrls {
         Self {
             telegram: config.social_telegram_api_url.clone(),
             twitch: config.social_twitch_api_url.clone(),
+            twitch_auth: config.social_twitch_auth_url.clone(),
             bluesky: config.social_bluesky_service_url.clone(),
         }
     }
@@ -345,6 +348,59 @@ impl Adapters {
             let (kind, status) = (error.kind, error.http_status);
             tracing::debug!(?kind, status, message = %error.message, "publish failed");
             error
+        })
+    }
+}
+
+/// Credentials with a fresh access token, and when it expires.
+#[derive(Debug)]
+pub struct Refreshed {
+    /// The stored credentials with the new token (and the new refresh
+    /// token, where the platform rotates them).
+    pub credentials: Credentials,
+    /// When the new access token expires, if the platform says.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Why a token could not be refreshed.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The platform refused the refresh for good (revoked or unknown
+    /// refresh token, wrong application secret): the account must be
+    /// connected again.
+    #[error("{0}")]
+    Refused(String),
+    /// The platform could not be reached or failed; try again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Adapters {
+    /// Whether `credentials` let postmesh refresh the access token itself.
+    pub fn can_refresh(platform: Platform, credentials: &Credentials) -> bool {
+        match platform {
+            Platform::Twitch => twitch::can_refresh(credentials),
+            _ => false,
+        }
+    }
+
+    /// Trades the refresh token in `credentials` for a new access token.
+    #[tracing::instrument(skip(self, platform, credentials), fields(platform = platform.as_str_name()))]
+    pub async fn refresh(
+        &self,
+        platform: Platform,
+        credentials: &Credentials,
+    ) -> Result<Refreshed, RefreshError> {
+        let result = match platform {
+            Platform::Twitch => twitch::refresh(&self.client, &self.urls, credentials).await,
+            _ => Err(RefreshError::Refused(format!("{} tokens are not refreshed", platform.as_str_name()))),
+        };
+        result.map_err(|error| {
+            let secrets = secret_values(platform, credentials);
+            match error {
+                RefreshError::Refused(message) => RefreshError::Refused(redact(&message, &secrets)),
+                RefreshError::Unavailable(message) => RefreshError::Unavailable(redact(&message, &secrets)),
+            }
         })
     }
 }

@@ -241,8 +241,9 @@ fn twitch() -> PlatformInfo {
         platform: Platform::Twitch as i32,
         display_name: "Twitch".into(),
         description: "Sends a chat announcement in a channel with a user access token of the broadcaster or \
-                      one of its moderators. Tokens expire and are not refreshed yet: connect again with a \
-                      new token."
+                      one of its moderators. Tokens expire after a few hours: with the refresh token and the \
+                      application's client secret postmesh renews them before they do; without, connect \
+                      again with a new token."
             .into(),
         credential_fields: vec![
             public(
@@ -256,6 +257,22 @@ fn twitch() -> PlatformInfo {
                 "Access token",
                 "A user access token with the moderator:manage:announcements scope.",
             ),
+            CredentialField {
+                required: false,
+                ..secret(
+                    "refresh_token",
+                    "Refresh token",
+                    "The refresh token issued with the access token; lets postmesh renew it.",
+                )
+            },
+            CredentialField {
+                required: false,
+                ..secret(
+                    "client_secret",
+                    "Client secret",
+                    "The Twitch application's client secret, needed with the refresh token.",
+                )
+            },
             CredentialField {
                 required: false,
                 ..public(
@@ -288,7 +305,7 @@ fn twitch() -> PlatformInfo {
             text_format: TextFormat::Plain as i32,
             platform_idempotency: false,
             credential_check: true,
-            token_refresh: false,
+            token_refresh: true,
             post_url: false,
             language: false,
         }),
