@@ -93,6 +93,8 @@ fn the_registry_lists_seven_platforms_in_order_with_their_secrets_marked() {
             vec![
                 ("client_id", false),
                 ("access_token", true),
+                ("refresh_token", true),
+                ("client_secret", true),
                 ("broadcaster_id", false),
                 ("moderator_id", false),
             ],
