@@ -8,6 +8,7 @@
 //! number. A target's content for its platform is stored as the encoded
 //! `postmesh.social.v1.RenderedPost` that its publishing jobs carry.
 
+use postmesh_kit::db::columns::{id, int, long_text, ms, optional_ms, string};
 use sea_orm_migration::prelude::{
     ColumnDef, DeriveMigrationName, Index, MigrationTrait, SchemaManager, Table,
 };
@@ -147,30 +148,6 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
 #[derive(DeriveMigrationName)]
 struct CreateContentTables;
 
-fn id(name: &'static str) -> ColumnDef {
-    ColumnDef::new(name).string().not_null().primary_key().to_owned()
-}
-
-fn string(name: &'static str) -> ColumnDef {
-    ColumnDef::new(name).string().not_null().to_owned()
-}
-
-fn text(name: &'static str) -> ColumnDef {
-    ColumnDef::new(name).text().not_null().to_owned()
-}
-
-fn ms(name: &'static str) -> ColumnDef {
-    ColumnDef::new(name).big_integer().not_null().to_owned()
-}
-
-fn optional_ms(name: &'static str) -> ColumnDef {
-    ColumnDef::new(name).big_integer().null().to_owned()
-}
-
-fn int(name: &'static str) -> ColumnDef {
-    ColumnDef::new(name).integer().not_null().to_owned()
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for CreateContentTables {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -181,13 +158,13 @@ impl MigrationTrait for CreateContentTables {
                     .if_not_exists()
                     .col(id("id"))
                     .col(string("workspace_id"))
-                    .col(text("text"))
-                    .col(text("media"))
+                    .col(long_text("text"))
+                    .col(long_text("media"))
                     .col(optional_ms("publish_at_ms"))
                     .col(ColumnDef::new("draft").boolean().not_null())
                     .col(string("template_id"))
-                    .col(text("template_variables"))
-                    .col(text("overrides"))
+                    .col(long_text("template_variables"))
+                    .col(long_text("overrides"))
                     .col(string("language"))
                     .col(string("status"))
                     .col(ms("schedule_revision"))
@@ -241,8 +218,8 @@ impl MigrationTrait for CreateContentTables {
                     .col(int("platform"))
                     .col(string("account_display_name"))
                     .col(string("status"))
-                    .col(text("external_id"))
-                    .col(text("external_url"))
+                    .col(long_text("external_id"))
+                    .col(long_text("external_url"))
                     .col(ColumnDef::new("failure").text().null())
                     .col(int("attempts"))
                     .col(int("round"))
@@ -288,10 +265,10 @@ impl MigrationTrait for CreateContentTables {
                     .col(string("name"))
                     .col(ColumnDef::new("live_name").string().null())
                     .col(string("name_folded"))
-                    .col(text("description"))
-                    .col(text("body"))
-                    .col(text("default_values"))
-                    .col(text("variables"))
+                    .col(long_text("description"))
+                    .col(long_text("body"))
+                    .col(long_text("default_values"))
+                    .col(long_text("variables"))
                     .col(string("created_by"))
                     .col(ms("created_at_ms"))
                     .col(ms("updated_at_ms"))

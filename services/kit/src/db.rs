@@ -209,3 +209,39 @@ pub fn statement(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Sta
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
+
+/// Column definitions the services' migrations share: every column is NOT
+/// NULL unless its name says otherwise.
+pub mod columns {
+    use sea_orm_migration::prelude::ColumnDef;
+
+    /// A string primary key (UUIDv7 ids).
+    pub fn id(name: &'static str) -> ColumnDef {
+        ColumnDef::new(name).string().not_null().primary_key().to_owned()
+    }
+
+    /// A short string (`VARCHAR` on PostgreSQL).
+    pub fn string(name: &'static str) -> ColumnDef {
+        ColumnDef::new(name).string().not_null().to_owned()
+    }
+
+    /// Text of any length.
+    pub fn long_text(name: &'static str) -> ColumnDef {
+        ColumnDef::new(name).text().not_null().to_owned()
+    }
+
+    /// A 32-bit integer (enums, counts).
+    pub fn int(name: &'static str) -> ColumnDef {
+        ColumnDef::new(name).integer().not_null().to_owned()
+    }
+
+    /// Unix milliseconds.
+    pub fn ms(name: &'static str) -> ColumnDef {
+        ColumnDef::new(name).big_integer().not_null().to_owned()
+    }
+
+    /// Unix milliseconds, or NULL.
+    pub fn optional_ms(name: &'static str) -> ColumnDef {
+        ColumnDef::new(name).big_integer().null().to_owned()
+    }
+}

@@ -4,6 +4,7 @@
 //! already published (the guard against posting twice), one row per
 //! publish try for the metrics, and the dead-lettered publishing jobs.
 
+use postmesh_kit::db::columns::{int, ms, string};
 use sea_orm_migration::prelude::{
     ColumnDef, DeriveMigrationName, Index, MigrationTrait, SchemaManager, Table,
 };
@@ -140,18 +141,6 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
 #[derive(DeriveMigrationName)]
 struct CreateSocialTables;
 
-fn text(name: &'static str) -> ColumnDef {
-    ColumnDef::new(name).string().not_null().to_owned()
-}
-
-fn int(name: &'static str) -> ColumnDef {
-    ColumnDef::new(name).integer().not_null().to_owned()
-}
-
-fn ms(name: &'static str) -> ColumnDef {
-    ColumnDef::new(name).big_integer().not_null().to_owned()
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for CreateSocialTables {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -160,21 +149,21 @@ impl MigrationTrait for CreateSocialTables {
                 Table::create()
                     .table("social_accounts")
                     .if_not_exists()
-                    .col(text("id").primary_key().to_owned())
-                    .col(text("workspace_id"))
+                    .col(string("id").primary_key().to_owned())
+                    .col(string("workspace_id"))
                     .col(int("platform"))
-                    .col(text("external_id"))
-                    .col(text("display_name"))
-                    .col(text("handle"))
-                    .col(text("profile_url"))
-                    .col(text("avatar_url"))
+                    .col(string("external_id"))
+                    .col(string("display_name"))
+                    .col(string("handle"))
+                    .col(string("profile_url"))
+                    .col(string("avatar_url"))
                     .col(int("status"))
-                    .col(text("status_reason"))
-                    .col(text("credential_fields"))
+                    .col(string("status_reason"))
+                    .col(string("credential_fields"))
                     .col(ColumnDef::new("credentials").text().null())
                     .col(ColumnDef::new("limits").binary().null())
                     .col(ColumnDef::new("token_expires_at_ms").big_integer().null())
-                    .col(text("connected_by_user_id"))
+                    .col(string("connected_by_user_id"))
                     .col(ms("connected_at_ms"))
                     .col(ms("updated_at_ms"))
                     .col(ColumnDef::new("last_published_at_ms").big_integer().null())
@@ -199,17 +188,17 @@ impl MigrationTrait for CreateSocialTables {
                 Table::create()
                     .table("social_published")
                     .if_not_exists()
-                    .col(text("idempotency_key").primary_key().to_owned())
-                    .col(text("workspace_id"))
-                    .col(text("post_id"))
-                    .col(text("target_id"))
-                    .col(text("account_id"))
+                    .col(string("idempotency_key").primary_key().to_owned())
+                    .col(string("workspace_id"))
+                    .col(string("post_id"))
+                    .col(string("target_id"))
+                    .col(string("account_id"))
                     .col(int("platform"))
                     .col(int("round"))
                     .col(int("attempt"))
-                    .col(text("external_id"))
-                    .col(text("external_url"))
-                    .col(text("event_id"))
+                    .col(string("external_id"))
+                    .col(string("external_url"))
+                    .col(string("event_id"))
                     .col(ms("latency_ms"))
                     .col(ms("published_at_ms"))
                     .to_owned(),
@@ -220,12 +209,12 @@ impl MigrationTrait for CreateSocialTables {
                 Table::create()
                     .table("social_attempts")
                     .if_not_exists()
-                    .col(text("id").primary_key().to_owned())
-                    .col(text("workspace_id"))
+                    .col(string("id").primary_key().to_owned())
+                    .col(string("workspace_id"))
                     .col(int("platform"))
-                    .col(text("account_id"))
-                    .col(text("post_id"))
-                    .col(text("outcome"))
+                    .col(string("account_id"))
+                    .col(string("post_id"))
+                    .col(string("outcome"))
                     .col(int("attempt"))
                     .col(int("error_kind"))
                     .col(int("http_status"))
@@ -239,12 +228,12 @@ impl MigrationTrait for CreateSocialTables {
                 Table::create()
                     .table("social_dead_letters")
                     .if_not_exists()
-                    .col(text("id").primary_key().to_owned())
-                    .col(text("workspace_id"))
-                    .col(text("subject"))
-                    .col(text("post_id"))
-                    .col(text("target_id"))
-                    .col(text("account_id"))
+                    .col(string("id").primary_key().to_owned())
+                    .col(string("workspace_id"))
+                    .col(string("subject"))
+                    .col(string("post_id"))
+                    .col(string("target_id"))
+                    .col(string("account_id"))
                     .col(int("platform"))
                     .col(int("attempts"))
                     .col(ColumnDef::new("last_failure").binary().not_null())

@@ -4,6 +4,7 @@
 //! tokens, recovery codes) are stored as SHA-256 hashes; the TOTP seed is
 //! sealed with the service's cipher.
 
+use postmesh_kit::db::columns::{id, string};
 use sea_orm_migration::prelude::{
     ColumnDef, DeriveMigrationName, Index, MigrationTrait, SchemaManager, Table,
 };
@@ -200,14 +201,6 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
 #[derive(DeriveMigrationName)]
 struct CreateUserTables;
 
-fn id(name: &'static str) -> ColumnDef {
-    ColumnDef::new(name).string().not_null().primary_key().to_owned()
-}
-
-fn text(name: &'static str) -> ColumnDef {
-    ColumnDef::new(name).string().not_null().to_owned()
-}
-
 fn optional_text(name: &'static str) -> ColumnDef {
     ColumnDef::new(name).string().null().to_owned()
 }
@@ -229,12 +222,12 @@ impl MigrationTrait for CreateUserTables {
                     .table("users")
                     .if_not_exists()
                     .col(id("id"))
-                    .col(text("email").unique_key().to_owned())
-                    .col(text("display_name"))
+                    .col(string("email").unique_key().to_owned())
+                    .col(string("display_name"))
                     .col(optional_text("password_hash"))
-                    .col(text("avatar_url"))
-                    .col(text("time_zone"))
-                    .col(text("locale"))
+                    .col(string("avatar_url"))
+                    .col(string("time_zone"))
+                    .col(string("locale"))
                     .col(optional_text("totp_secret"))
                     .col(optional_text("totp_pending"))
                     .col(optional_at("totp_pending_expires_at"))
@@ -254,8 +247,8 @@ impl MigrationTrait for CreateUserTables {
                     .table("workspaces")
                     .if_not_exists()
                     .col(id("id"))
-                    .col(text("name"))
-                    .col(text("creator_user_id"))
+                    .col(string("name"))
+                    .col(string("creator_user_id"))
                     .col(at("created_at"))
                     .col(at("updated_at"))
                     .col(optional_at("deleted_at"))
@@ -267,9 +260,9 @@ impl MigrationTrait for CreateUserTables {
                 Table::create()
                     .table("memberships")
                     .if_not_exists()
-                    .col(text("workspace_id"))
-                    .col(text("user_id"))
-                    .col(text("role"))
+                    .col(string("workspace_id"))
+                    .col(string("user_id"))
+                    .col(string("role"))
                     .col(optional_text("inviter_user_id"))
                     .col(at("joined_at"))
                     .primary_key(Index::create().col("workspace_id").col("user_id"))
@@ -292,11 +285,11 @@ impl MigrationTrait for CreateUserTables {
                     .table("invitations")
                     .if_not_exists()
                     .col(id("id"))
-                    .col(text("workspace_id"))
-                    .col(text("email"))
-                    .col(text("role"))
-                    .col(text("token_hash").unique_key().to_owned())
-                    .col(text("inviter_user_id"))
+                    .col(string("workspace_id"))
+                    .col(string("email"))
+                    .col(string("role"))
+                    .col(string("token_hash").unique_key().to_owned())
+                    .col(string("inviter_user_id"))
                     .col(at("created_at"))
                     .col(at("expires_at"))
                     .col(optional_at("accepted_at"))
@@ -311,8 +304,8 @@ impl MigrationTrait for CreateUserTables {
                     .table("sessions")
                     .if_not_exists()
                     .col(id("id"))
-                    .col(text("user_id"))
-                    .col(text("workspace_id"))
+                    .col(string("user_id"))
+                    .col(string("workspace_id"))
                     .col(at("created_at"))
                     .col(at("last_used_at"))
                     .col(optional_at("revoked_at"))
@@ -336,8 +329,8 @@ impl MigrationTrait for CreateUserTables {
                     .table("refresh_tokens")
                     .if_not_exists()
                     .col(id("id"))
-                    .col(text("session_id"))
-                    .col(text("token_hash").unique_key().to_owned())
+                    .col(string("session_id"))
+                    .col(string("token_hash").unique_key().to_owned())
                     .col(at("created_at"))
                     .col(at("expires_at"))
                     .col(optional_at("used_at"))
@@ -350,12 +343,12 @@ impl MigrationTrait for CreateUserTables {
                     .table("api_keys")
                     .if_not_exists()
                     .col(id("id"))
-                    .col(text("user_id"))
-                    .col(text("workspace_id"))
-                    .col(text("name"))
-                    .col(text("prefix"))
-                    .col(text("key_hash").unique_key().to_owned())
-                    .col(text("scopes"))
+                    .col(string("user_id"))
+                    .col(string("workspace_id"))
+                    .col(string("name"))
+                    .col(string("prefix"))
+                    .col(string("key_hash").unique_key().to_owned())
+                    .col(string("scopes"))
                     .col(at("created_at"))
                     .col(at("expires_at"))
                     .col(optional_at("last_used_at"))
@@ -380,8 +373,8 @@ impl MigrationTrait for CreateUserTables {
                     .table("recovery_codes")
                     .if_not_exists()
                     .col(id("id"))
-                    .col(text("user_id"))
-                    .col(text("code_hash"))
+                    .col(string("user_id"))
+                    .col(string("code_hash"))
                     .col(at("created_at"))
                     .col(optional_at("used_at"))
                     .to_owned(),
