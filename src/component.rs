@@ -60,7 +60,7 @@ impl Component {
             Component::Analytics => runtime.add_grpc_service(postmesh_analytics::router(&deps)),
             Component::Ai => runtime.add_grpc_service(postmesh_ai::router(&deps)),
             Component::Notification => runtime.add_grpc_service(postmesh_notification::router(&deps)),
-            Component::Webhook => runtime.add_grpc_service(postmesh_webhook::router(&deps)),
+            Component::Webhook => runtime.add_grpc_service(postmesh_webhook::router(&deps).await?),
             Component::Gateway => {}
         }
         Ok(())

@@ -229,6 +229,71 @@ pub const KEYS: &[KeyDoc] = &[
         help: "tries per publishing round before the target is Faulted and the job dead-lettered",
     },
     KeyDoc {
+        key: "webhook_delivery_timeout",
+        default: "30s",
+        help: "longest an outbound webhook attempt may take (connect, send, answer); then it fails as `timeout`",
+    },
+    KeyDoc {
+        key: "webhook_retry_schedule",
+        default: "5s,5m,30m,2h,5h,10h,10h",
+        help: "waits before each retry of a failed outbound delivery (the first attempt is immediate); after the last the delivery is FAILED",
+    },
+    KeyDoc {
+        key: "webhook_auto_disable_after",
+        default: "5d",
+        help: "an outbound endpoint failing every attempt for this long is disabled automatically",
+    },
+    KeyDoc {
+        key: "webhook_ssrf_allowlist",
+        default: "(none)",
+        help: "hosts, addresses or CIDR ranges outbound webhooks may reach despite the SSRF guard, comma-separated, e.g. `127.0.0.1,hooks.internal,10.1.0.0/16`",
+    },
+    KeyDoc {
+        key: "webhook_log_retention",
+        default: "30d",
+        help: "how long outbound delivery attempts and inbound events are kept and listed (and how far back a replay may reach)",
+    },
+    KeyDoc {
+        key: "webhook_twitch_eventsub_secret",
+        default: "(none: EventSub callbacks are refused)",
+        help: "secret Twitch signs EventSub callbacks with (10 to 100 characters); also sent when creating subscriptions",
+    },
+    KeyDoc {
+        key: "webhook_twitch_client_id",
+        default: "(none: EventSub subscriptions and enrichment are off)",
+        help: "Twitch app client id used for the Helix API (EventSub subscriptions, enrichment)",
+    },
+    KeyDoc {
+        key: "webhook_twitch_client_secret",
+        default: "(none)",
+        help: "Twitch app client secret; an app access token is fetched with the client-credentials grant",
+    },
+    KeyDoc {
+        key: "webhook_twitch_api_url",
+        default: "https://api.twitch.tv",
+        help: "base URL of the Twitch Helix API (`/helix/...` is appended) used by the webhook service",
+    },
+    KeyDoc {
+        key: "webhook_twitch_auth_url",
+        default: "https://id.twitch.tv",
+        help: "base URL of Twitch's OAuth server (`/oauth2/token` is appended) for the app access token",
+    },
+    KeyDoc {
+        key: "webhook_eventsub_callback_url",
+        default: "(none)",
+        help: "public HTTPS URL of the gateway's `/api/webhooks/twitch`, given to Twitch as the EventSub callback",
+    },
+    KeyDoc {
+        key: "webhook_twitch_cache_ttl",
+        default: "5m",
+        help: "how long Helix enrichment lookups (users, streams, channels) are cached in the key-value store",
+    },
+    KeyDoc {
+        key: "webhook_reconcile_interval",
+        default: "1h",
+        help: "how often desired and actual EventSub subscriptions are reconciled (also at start-up)",
+    },
+    KeyDoc {
         key: "gateway_max_body_bytes",
         default: "10485760",
         help: "largest request body the gateway accepts (larger: 413)",
@@ -401,6 +466,39 @@ pub struct Config {
     pub social_publish_timeout: Duration,
     /// Tries per publishing round.
     pub social_publish_max_attempts: u32,
+    /// Timeout of one outbound webhook attempt.
+    #[serde(with = "human_duration")]
+    pub webhook_delivery_timeout: Duration,
+    /// Waits before the retries of a failed outbound delivery.
+    #[serde(with = "human_duration_list")]
+    pub webhook_retry_schedule: Vec<Duration>,
+    /// Failing span after which an outbound endpoint is disabled.
+    #[serde(with = "human_duration")]
+    pub webhook_auto_disable_after: Duration,
+    /// Hosts, addresses and CIDR ranges exempt from the SSRF guard.
+    #[serde(with = "string_list")]
+    pub webhook_ssrf_allowlist: Vec<String>,
+    /// Retention of delivery attempts and inbound events.
+    #[serde(with = "human_duration")]
+    pub webhook_log_retention: Duration,
+    /// Secret Twitch signs EventSub callbacks with.
+    pub webhook_twitch_eventsub_secret: Option<Secret<String>>,
+    /// Twitch app client id for Helix.
+    pub webhook_twitch_client_id: Option<String>,
+    /// Twitch app client secret for Helix.
+    pub webhook_twitch_client_secret: Option<Secret<String>>,
+    /// Twitch Helix API base URL (webhook service).
+    pub webhook_twitch_api_url: String,
+    /// Twitch OAuth base URL (webhook service).
+    pub webhook_twitch_auth_url: String,
+    /// Public URL of `/api/webhooks/twitch` given to Twitch.
+    pub webhook_eventsub_callback_url: Option<String>,
+    /// Cache lifetime of Helix enrichment lookups.
+    #[serde(with = "human_duration")]
+    pub webhook_twitch_cache_ttl: Duration,
+    /// EventSub reconciliation period.
+    #[serde(with = "human_duration")]
+    pub webhook_reconcile_interval: Duration,
     /// Gateway rate limits per caller.
     pub gateway_rate_limits: RateLimits,
     /// Origins allowed by CORS.
@@ -484,6 +582,22 @@ impl Default for Config {
             social_bluesky_service_url: "https://bsky.social".into(),
             social_publish_timeout: Duration::from_secs(15),
             social_publish_max_attempts: 8,
+            webhook_delivery_timeout: Duration::from_secs(30),
+            webhook_retry_schedule: [5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+            webhook_auto_disable_after: Duration::from_secs(5 * 24 * 3600),
+            webhook_ssrf_allowlist: Vec::new(),
+            webhook_log_retention: Duration::from_secs(30 * 24 * 3600),
+            webhook_twitch_eventsub_secret: None,
+            webhook_twitch_client_id: None,
+            webhook_twitch_client_secret: None,
+            webhook_twitch_api_url: "https://api.twitch.tv".into(),
+            webhook_twitch_auth_url: "https://id.twitch.tv".into(),
+            webhook_eventsub_callback_url: None,
+            webhook_twitch_cache_ttl: Duration::from_secs(5 * 60),
+            webhook_reconcile_interval: Duration::from_secs(3600),
             gateway_rate_limits: RateLimits::try_from("*=600/1m".to_owned()).expect("default limits parse"),
             gateway_cors_origins: Origins::default(),
             gateway_trusted_proxies: 0,
@@ -605,6 +719,47 @@ impl Config {
         if self.social_publish_max_attempts == 0 {
             problems.push(problem("social_publish_max_attempts", "must be at least 1"));
         }
+        for (key, value) in [
+            ("webhook_twitch_api_url", Some(&self.webhook_twitch_api_url)),
+            ("webhook_twitch_auth_url", Some(&self.webhook_twitch_auth_url)),
+            ("webhook_eventsub_callback_url", self.webhook_eventsub_callback_url.as_ref()),
+        ] {
+            let Some(value) = value else { continue };
+            match url::Url::parse(value) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                _ => problems.push(problem(key, "must be an http or https URL")),
+            }
+        }
+        if self
+            .webhook_twitch_eventsub_secret
+            .as_ref()
+            .is_some_and(|s| !(10..=100).contains(&s.expose().len()))
+        {
+            problems.push(problem("webhook_twitch_eventsub_secret", "must be 10 to 100 characters"));
+        }
+        if self.webhook_reconcile_interval < Duration::from_secs(1) {
+            problems.push(problem("webhook_reconcile_interval", "must be at least 1s"));
+        }
+        for (key, value) in [
+            ("webhook_delivery_timeout", self.webhook_delivery_timeout),
+            ("webhook_auto_disable_after", self.webhook_auto_disable_after),
+            ("webhook_log_retention", self.webhook_log_retention),
+        ] {
+            if value.is_zero() {
+                problems.push(problem(key, "must be longer than zero"));
+            }
+        }
+        if self.webhook_retry_schedule.iter().any(Duration::is_zero) {
+            problems.push(problem("webhook_retry_schedule", "waits must be longer than zero"));
+        }
+        for entry in &self.webhook_ssrf_allowlist {
+            if entry.contains(['/', ' ']) && !is_cidr(entry) {
+                problems.push(problem(
+                    "webhook_ssrf_allowlist",
+                    &format!("`{entry}` is not a host, an address or a CIDR range"),
+                ));
+            }
+        }
         for header in &self.gateway_forward_headers {
             if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                 problems
@@ -645,6 +800,16 @@ impl Config {
             "webhook" => self.webhook_url.as_ref(),
             _ => None,
         }
+    }
+}
+
+/// Whether `text` is an IP network such as `10.0.0.0/8` or `fd00::/8`.
+fn is_cidr(text: &str) -> bool {
+    let Some((addr, bits)) = text.split_once('/') else { return false };
+    match (addr.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
+        (Ok(std::net::IpAddr::V4(_)), Ok(bits)) => bits <= 32,
+        (Ok(std::net::IpAddr::V6(_)), Ok(bits)) => bits <= 128,
+        _ => false,
     }
 }
 
