@@ -17,3 +17,5 @@ mod serve;
 mod standin;
 mod templates;
 mod text;
+mod webhooks_in;
+mod webhooks_out;
