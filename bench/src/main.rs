@@ -24,6 +24,10 @@
 //! to every target Posted: latency one post after another, then sustained
 //! posts per second with several in flight.
 //!
+//! `webhooks [events]`: outbound webhooks to a local receiver: from
+//! `POST /api/webhooks/trigger` to the signed delivery, one event after
+//! another, then deliveries per second with many triggers in flight.
+//!
 //! `verify [count]`: access-token verifications per second on one core, as
 //! every service's auth layer does them: signature and claims alone, then
 //! with the revocation lookup (in memory, or Redis when
@@ -40,6 +44,7 @@ use anyhow::{Context, bail};
 mod client;
 mod gateway;
 mod publish;
+mod webhooks;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -64,6 +69,10 @@ async fn main() -> anyhow::Result<()> {
             let posts = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(200);
             publish::run(&binary()?, posts).await
         }
+        Some("webhooks") => {
+            let events = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(1000);
+            webhooks::run(&binary()?, events).await
+        }
         Some("verify") => {
             let count = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(20_000);
             // Its own thread and single-threaded runtime: one core's worth.
@@ -73,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => {
             bail!(
-                "usage: postmesh-bench startup [runs] | client [calls] | gateway [calls] | publish [posts] | verify [count]"
+                "usage: postmesh-bench startup [runs] | client [calls] | gateway [calls] | publish [posts] | webhooks [events] | verify [count]"
             )
         }
     }
