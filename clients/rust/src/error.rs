@@ -85,7 +85,7 @@ impl From<Error> for Status {
 }
 
 /// The code as the gRPC specification spells it (`INVALID_ARGUMENT`).
-fn code_name(code: Code) -> &'static str {
+pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

@@ -30,7 +30,7 @@ mod error;
 pub mod resilience;
 
 pub use client::{Channel, Client, ClientBuilder};
-pub use error::{Error, Result};
+pub use error::{Error, Result, code_name};
 pub use resilience::{CallTimeout, CircuitState};
 pub use tonic_types::FieldViolation;
 /// The versions of tonic and prost-types the generated code uses, so
