@@ -41,10 +41,7 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// A protobuf timestamp from Unix milliseconds.
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
-}
+pub use postmesh_kit::db::timestamp_ms as timestamp;
 
 /// Unix milliseconds from a protobuf timestamp, or a violation of `field`.
 pub fn millis(ts: &prost_types::Timestamp, field: &str) -> Result<i64, ApiError> {

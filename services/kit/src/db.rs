@@ -210,6 +210,16 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Unix milliseconds as a protobuf `Timestamp`.
+pub fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+/// A protobuf `Timestamp` as Unix milliseconds (saturating).
+pub fn ms_of(ts: &prost_types::Timestamp) -> i64 {
+    ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos) / 1_000_000)
+}
+
 /// Column definitions the services' migrations share: every column is NOT
 /// NULL unless its name says otherwise.
 pub mod columns {

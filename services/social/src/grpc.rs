@@ -60,9 +60,7 @@ pub(crate) fn platform_field(value: i32, field: &str) -> Result<Platform, ApiErr
     }
 }
 
-pub(crate) fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
-}
+pub(crate) use postmesh_kit::db::timestamp_ms;
 
 /// The account as the contract shows it (never its credentials).
 pub(crate) fn account_pb(model: &accounts::Model) -> pb::Account {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use postmesh_kit::ServiceDeps;
+use postmesh_kit::db::ms_of;
 use postmesh_kit::db::now_ms;
 use postmesh_kit::error::ApiError;
 use postmesh_proto::postmesh::content::v1::EnqueuePublishRequest;
@@ -25,10 +26,6 @@ use crate::store::{attempts, dead_letters, published};
 
 /// Longest metrics window.
 const MAX_WINDOW: Duration = Duration::from_secs(90 * 24 * 3600);
-
-fn ms_of(timestamp: &prost_types::Timestamp) -> i64 {
-    timestamp.seconds * 1000 + i64::from(timestamp.nanos) / 1_000_000
-}
 
 fn dead_letter_pb(row: &dead_letters::Model) -> pb::DeadLetter {
     pb::DeadLetter {

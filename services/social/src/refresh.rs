@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use postmesh_kit::ServiceDeps;
 use postmesh_kit::bus::{BusError, ConsumerSpec, Delivery, JobOutcome};
-use postmesh_kit::db::now_ms;
+use postmesh_kit::db::{ms_of, now_ms};
 use postmesh_kit::outbox::OutboxMessage;
 use postmesh_proto::postmesh::social::v1::{self as pb, AccountStatus, RefreshTokenJob};
 use postmesh_proto::postmesh::r#type::v1::Platform;
@@ -60,11 +60,16 @@ pub async fn start(deps: &ServiceDeps, adapters: Adapters) -> Result<(), BusErro
     Ok(())
 }
 
+/// Tokens expiring before this instant (Unix ms) are due for a refresh.
+fn refresh_horizon(deps: &ServiceDeps) -> i64 {
+    let margin = i64::try_from(deps.config.social_token_refresh_margin.as_millis()).unwrap_or(i64::MAX);
+    now_ms().saturating_add(margin)
+}
+
 /// Whether `account`'s token is due for a refresh that postmesh can make.
 pub(crate) fn due(deps: &ServiceDeps, account: &accounts::Model) -> bool {
-    let margin = i64::try_from(deps.config.social_token_refresh_margin.as_millis()).unwrap_or(i64::MAX);
     account.status == AccountStatus::Active as i32
-        && account.token_expires_at_ms.is_some_and(|at| at <= now_ms().saturating_add(margin))
+        && account.token_expires_at_ms.is_some_and(|at| at <= refresh_horizon(deps))
         && account.credential_fields.split(',').any(|name| name == "refresh_token")
 }
 
@@ -87,10 +92,9 @@ pub(crate) async fn queue(
 }
 
 async fn sweep(deps: &ServiceDeps) -> Result<(), sea_orm::DbErr> {
-    let margin = i64::try_from(deps.config.social_token_refresh_margin.as_millis()).unwrap_or(i64::MAX);
     let expiring = accounts::Entity::find()
         .filter(accounts::Column::Status.eq(AccountStatus::Active as i32))
-        .filter(accounts::Column::TokenExpiresAtMs.lte(now_ms().saturating_add(margin)))
+        .filter(accounts::Column::TokenExpiresAtMs.lte(refresh_horizon(deps)))
         .all(deps.db.conn())
         .await?;
     for account in expiring.iter().filter(|account| due(deps, account)) {
@@ -125,7 +129,7 @@ impl Refresher {
             .filter(accounts::Column::WorkspaceId.eq(&job.workspace_id))
             .one(self.deps.db.conn())
             .await?;
-        let replaces = job.token_expires_at.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+        let replaces = job.token_expires_at.as_ref().map(ms_of);
         let Some(account) = account.filter(|a| {
             a.status == AccountStatus::Active as i32
                 && a.token_expires_at_ms.is_some()

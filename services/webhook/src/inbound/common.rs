@@ -7,13 +7,7 @@ use serde_json::Value;
 /// Largest inbound body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-pub fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
-}
-
-pub fn ms_of(ts: &prost_types::Timestamp) -> i64 {
-    ts.seconds.saturating_mul(1000) + i64::from(ts.nanos) / 1_000_000
-}
+pub use postmesh_kit::db::{ms_of, timestamp_ms};
 
 /// `Duration` as milliseconds; negative stays negative.
 pub fn duration_ms(d: &prost_types::Duration) -> i64 {

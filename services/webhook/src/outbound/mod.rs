@@ -81,13 +81,7 @@ pub fn event_types() -> pb::ListEventTypesResponse {
     pb::ListEventTypesResponse { event_types }
 }
 
-pub(crate) fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
-}
-
-pub(crate) fn ms_of(ts: &prost_types::Timestamp) -> i64 {
-    ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos) / 1_000_000)
-}
+pub(crate) use postmesh_kit::db::{ms_of, timestamp_ms};
 
 pub(crate) fn duration_ms(ms: i64) -> prost_types::Duration {
     prost_types::Duration { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 }
