@@ -8,7 +8,7 @@ use std::time::Duration;
 use postmesh_kit::auth::Caller;
 use postmesh_kit::db::now_ms;
 use postmesh_kit::error::ApiError;
-use postmesh_proto::postmesh::webhook::v1::{self as pb, InboundEventStatus, InboundSourceKind};
+use postmesh_proto::postmesh::webhook::v1::{self as pb, InboundSourceKind};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
@@ -20,7 +20,8 @@ use tonic::Request;
 use super::Inbound;
 use super::common::{MAX_BODY_BYTES, duration_ms, header, page_size, page_token, timestamp_ms};
 use super::signature::{new_secret, secret_key, standard_valid};
-use super::store::{events, rules, sources};
+use super::store::{rules, sources};
+use super::twitch::Received;
 
 /// How far a message's timestamp may be from now, either way.
 const MAX_SKEW_SECS: i64 = 5 * 60;
@@ -272,44 +273,18 @@ impl Inbound {
     ) -> Result<Option<String>, ApiError> {
         let now = now_ms();
         let txn = self.deps.db.begin_write().await?;
-        let seen = events::Entity::find()
-            .filter(events::Column::WorkspaceId.eq(&source.workspace_id))
-            .filter(events::Column::SourceKind.eq(InboundSourceKind::Generic as i32))
-            .filter(events::Column::SourceId.eq(&source.id))
-            .filter(events::Column::ExternalId.eq(external_id))
-            .one(&txn)
-            .await?;
-        if let Some(seen) = seen {
-            return Ok(Some(seen.id));
-        }
-        events::ActiveModel {
-            id: Set(event_id.to_owned()),
-            workspace_id: Set(source.workspace_id.clone()),
-            source_kind: Set(InboundSourceKind::Generic as i32),
-            source_id: Set(source.id.clone()),
-            event_type: Set(event_type.to_owned()),
-            external_id: Set(external_id.to_owned()),
-            payload: Set(serde_json::to_string(payload).map_err(ApiError::internal)?),
-            status: Set(InboundEventStatus::Received as i32),
-            error: Set(String::new()),
-            firings: Set("[]".into()),
-            received_at_ms: Set(now),
-            processed_at_ms: Set(None),
-        }
-        .insert(&txn)
-        .await?;
-        self.enqueue_received(
-            &txn,
+        let event = Received {
             event_id,
-            &source.workspace_id,
-            InboundSourceKind::Generic,
-            &source.id,
+            workspace_id: &source.workspace_id,
+            kind: InboundSourceKind::Generic,
+            source_id: &source.id,
             event_type,
             external_id,
             payload,
-            now,
-        )
-        .await?;
+        };
+        if let Some(first) = self.store_received(&txn, event, now).await? {
+            return Ok(Some(first));
+        }
         self.deps.outbox.commit(txn).await?;
         Ok(None)
     }

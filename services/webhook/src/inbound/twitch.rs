@@ -195,7 +195,6 @@ impl Inbound {
     async fn store_notification(&self, id: &str, message: &Value) -> Result<(), ApiError> {
         let subscription = &message["subscription"];
         let event_type = subscription["type"].as_str().unwrap_or_default().to_owned();
-        let payload = serde_json::to_string(message).map_err(ApiError::internal)?;
         let now = now_ms();
         let txn = self.deps.db.begin_write().await?;
         let rows = subscriptions::Entity::find().filter(matching(subscription)).all(&txn).await?;
@@ -207,65 +206,59 @@ impl Inbound {
                 continue;
             }
             // Already stored (the key-value store forgot it): processed once.
-            let seen = events::Entity::find()
-                .filter(events::Column::WorkspaceId.eq(&row.workspace_id))
-                .filter(events::Column::SourceKind.eq(InboundSourceKind::Twitch as i32))
-                .filter(events::Column::SourceId.eq(&row.id))
-                .filter(events::Column::ExternalId.eq(id))
-                .one(&txn)
-                .await?;
-            if seen.is_some() {
-                continue;
-            }
             let event_id = uuid::Uuid::now_v7().to_string();
-            events::ActiveModel {
-                id: Set(event_id.clone()),
-                workspace_id: Set(row.workspace_id.clone()),
-                source_kind: Set(InboundSourceKind::Twitch as i32),
-                source_id: Set(row.id.clone()),
-                event_type: Set(event_type.clone()),
-                external_id: Set(id.to_owned()),
-                payload: Set(payload.clone()),
-                status: Set(InboundEventStatus::Received as i32),
-                error: Set(String::new()),
-                firings: Set("[]".into()),
-                received_at_ms: Set(now),
-                processed_at_ms: Set(None),
-            }
-            .insert(&txn)
-            .await?;
-            self.enqueue_received(
-                &txn,
-                &event_id,
-                &row.workspace_id,
-                InboundSourceKind::Twitch,
-                &row.id,
-                &event_type,
-                id,
-                message,
-                now,
-            )
-            .await?;
+            let event = Received {
+                event_id: &event_id,
+                workspace_id: &row.workspace_id,
+                kind: InboundSourceKind::Twitch,
+                source_id: &row.id,
+                event_type: &event_type,
+                external_id: id,
+                payload: message,
+            };
+            self.store_received(&txn, event, now).await?;
         }
         self.deps.outbox.commit(txn).await?;
         Ok(())
     }
 
-    /// Queues the processing job and emits `inbound_event_received` for a
-    /// stored event, inside the caller's transaction.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn enqueue_received(
+    /// Stores `event` with its processing job and
+    /// `inbound_event_received`, inside the caller's transaction. When its
+    /// source already delivered `external_id`, stores nothing and returns
+    /// the first event's id.
+    pub(super) async fn store_received(
         &self,
         txn: &sea_orm::DatabaseTransaction,
-        event_id: &str,
-        workspace_id: &str,
-        kind: InboundSourceKind,
-        source_id: &str,
-        event_type: &str,
-        external_id: &str,
-        payload: &Value,
+        event: Received<'_>,
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<String>, ApiError> {
+        let Received { event_id, workspace_id, kind, source_id, event_type, external_id, payload } = event;
+        let seen = events::Entity::find()
+            .filter(events::Column::WorkspaceId.eq(workspace_id))
+            .filter(events::Column::SourceKind.eq(kind as i32))
+            .filter(events::Column::SourceId.eq(source_id))
+            .filter(events::Column::ExternalId.eq(external_id))
+            .one(txn)
+            .await?;
+        if let Some(seen) = seen {
+            return Ok(Some(seen.id));
+        }
+        events::ActiveModel {
+            id: Set(event_id.to_owned()),
+            workspace_id: Set(workspace_id.to_owned()),
+            source_kind: Set(kind as i32),
+            source_id: Set(source_id.to_owned()),
+            event_type: Set(event_type.to_owned()),
+            external_id: Set(external_id.to_owned()),
+            payload: Set(serde_json::to_string(payload).map_err(ApiError::internal)?),
+            status: Set(InboundEventStatus::Received as i32),
+            error: Set(String::new()),
+            firings: Set("[]".into()),
+            received_at_ms: Set(now),
+            processed_at_ms: Set(None),
+        }
+        .insert(txn)
+        .await?;
         let job = pb::ProcessInboundEventJob {
             workspace_id: workspace_id.to_owned(),
             inbound_event_id: event_id.to_owned(),
@@ -291,6 +284,18 @@ impl Inbound {
             .outbox
             .enqueue(txn, OutboxMessage::event("webhook", "inbound_event_received", &event).with_id(id))
             .await?;
-        Ok(())
+        Ok(None)
     }
+}
+
+/// An inbound event as it arrived, for [`Inbound::store_received`].
+pub(super) struct Received<'a> {
+    pub event_id: &'a str,
+    pub workspace_id: &'a str,
+    pub kind: InboundSourceKind,
+    pub source_id: &'a str,
+    pub event_type: &'a str,
+    /// The sender's id of the message (EventSub message id, `webhook-id`).
+    pub external_id: &'a str,
+    pub payload: &'a Value,
 }
