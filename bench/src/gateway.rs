@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use postmesh_proto::postmesh::user::v1::GetProfileRequest;
 use postmesh_proto::postmesh::user::v1::user_service_client::UserServiceClient;
 use tonic::transport::Channel;
@@ -64,17 +64,6 @@ impl Callers {
     }
 }
 
-async fn register(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
-    let body = serde_json::json!({
-        "email": "bench@example.com",
-        "password": "violet-ocean-lantern-42",
-        "display_name": "Bench",
-    });
-    let answer: serde_json::Value =
-        http.post(format!("{base}/api/users/register")).json(&body).send().await?.json().await?;
-    answer["tokens"]["access_token"].as_str().map(str::to_owned).context("registration returns a token")
-}
-
 /// Calls done by `IN_FLIGHT` workers in `RUN_FOR`.
 async fn throughput(callers: &Callers, via: Via) -> anyhow::Result<f64> {
     let done = Arc::new(AtomicU64::new(0));
@@ -109,7 +98,7 @@ pub async fn run(binary: &Path, calls: usize) -> anyhow::Result<()> {
     let base = format!("http://{}", dev.http);
     let http1 = reqwest::Client::builder().pool_max_idle_per_host(IN_FLIGHT).http1_only().build()?;
     let http2 = reqwest::Client::builder().http2_prior_knowledge().build()?;
-    let token = register(&http1, &base).await?;
+    let token = crate::Api::sign_up(http1.clone(), base.clone()).await?.token;
     let channel = Channel::from_shared(format!("http://{}", dev.grpc))?.connect().await?;
     let mut callers = Callers {
         grpc: UserServiceClient::new(channel),

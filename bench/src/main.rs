@@ -88,6 +88,48 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The benchmark's user, signed up through the gateway of a running
+/// `postmesh dev`, and its JSON calls.
+struct Api {
+    http: reqwest::Client,
+    /// `http://host:port` of the gateway.
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn sign_up(http: reqwest::Client, base: String) -> anyhow::Result<Self> {
+        let body = serde_json::json!({
+            "email": "bench@example.com",
+            "password": "violet-ocean-lantern-42",
+            "display_name": "Bench",
+        });
+        let answer: serde_json::Value =
+            http.post(format!("{base}/api/users/register")).json(&body).send().await?.json().await?;
+        let token =
+            answer["tokens"]["access_token"].as_str().context("registration returns a token")?.to_owned();
+        Ok(Self { http, base, token })
+    }
+
+    /// POSTs `body` to `path` as the user: the answer, or an error naming
+    /// the status when it is not 2xx.
+    async fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await?;
+        if !status.is_success() {
+            bail!("{path} answered {status}: {body}");
+        }
+        Ok(body)
+    }
+}
+
 /// The release binary next to this one (`target/release/postmesh`).
 fn binary() -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name("postmesh");

@@ -18,6 +18,7 @@ use postmesh_social::fakes::FakePlatforms;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use crate::Api;
 use crate::client::percentile;
 
 const PLATFORMS: [Platform; 5] =
@@ -26,29 +27,11 @@ const PLATFORMS: [Platform; 5] =
 const IN_FLIGHT: usize = 16;
 
 struct Stage {
-    http: reqwest::Client,
-    base: String,
-    token: String,
+    api: Api,
     fakes: FakePlatforms,
 }
 
 impl Stage {
-    async fn call(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status();
-        let body: Value = response.json().await?;
-        if !status.is_success() {
-            bail!("{path} answered {status}: {body}");
-        }
-        Ok(body)
-    }
-
     /// Five fresh accounts, one per platform; their ids.
     async fn accounts(&self) -> anyhow::Result<Vec<String>> {
         let mut ids = Vec::with_capacity(PLATFORMS.len());
@@ -57,7 +40,7 @@ impl Stage {
                 "platform": platform.as_str_name(),
                 "credentials": self.fakes.credentials(platform),
             });
-            let answer = self.call("/api/social/connect", body).await?;
+            let answer = self.api.post("/api/social/connect", body).await?;
             ids.push(answer["account"]["id"].as_str().context("account id")?.to_owned());
         }
         Ok(ids)
@@ -68,12 +51,13 @@ impl Stage {
     async fn publish(&self, accounts: &[String]) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let body = json!({ "text": "Benchmark: **postmesh** #bench https://example.com", "target_account_ids": accounts });
-        let post = self.call("/api/content/posts", body).await?;
+        let post = self.api.post("/api/content/posts", body).await?;
         let id = post["post"]["id"].as_str().context("post id")?;
         let mut response = self
+            .api
             .http
-            .get(format!("{}/api/content/posts/{id}/status/stream", self.base))
-            .bearer_auth(&self.token)
+            .get(format!("{}/api/content/posts/{id}/status/stream", self.api.base))
+            .bearer_auth(&self.api.token)
             .send()
             .await?;
         let mut buffer = Vec::new();
@@ -95,17 +79,6 @@ impl Stage {
     }
 }
 
-async fn register(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
-    let body = json!({
-        "email": "bench@example.com",
-        "password": "violet-ocean-lantern-42",
-        "display_name": "Bench",
-    });
-    let answer: Value =
-        http.post(format!("{base}/api/users/register")).json(&body).send().await?.json().await?;
-    answer["tokens"]["access_token"].as_str().map(str::to_owned).context("registration returns a token")
-}
-
 pub async fn run(binary: &Path, posts: usize) -> anyhow::Result<()> {
     let fakes = FakePlatforms::start().await;
     let dir = tempfile::tempdir()?;
@@ -115,8 +88,8 @@ pub async fn run(binary: &Path, posts: usize) -> anyhow::Result<()> {
     let dev = crate::start(binary, dir.path(), &env).await?;
     let base = format!("http://{}", dev.http);
     let http = reqwest::Client::builder().pool_max_idle_per_host(2 * IN_FLIGHT).http1_only().build()?;
-    let token = register(&http, &base).await?;
-    let stage = Arc::new(Stage { http, base, token, fakes });
+    let api = Api::sign_up(http, base).await?;
+    let stage = Arc::new(Stage { api, fakes });
 
     // Accounts are connected before any clock starts.
     let warmup = 20;

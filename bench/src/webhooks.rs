@@ -9,10 +9,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
 
+use crate::Api;
 use crate::client::percentile;
 
 /// Triggers in flight during the throughput run.
@@ -68,29 +69,7 @@ async fn receiver(arrivals: Arc<Arrivals>) -> anyhow::Result<String> {
     Ok(url)
 }
 
-struct Caller {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Caller {
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status();
-        let body: Value = response.json().await?;
-        if !status.is_success() {
-            bail!("{path} answered {status}: {body}");
-        }
-        Ok(body)
-    }
-
+impl Api {
     async fn trigger(&self, n: u64) -> anyhow::Result<()> {
         self.post("/api/webhooks/trigger", json!({ "event_type": "bench.event", "payload": { "n": n } }))
             .await?;
@@ -107,16 +86,7 @@ pub async fn run(binary: &Path, deliveries: usize) -> anyhow::Result<()> {
     let dev = crate::start(binary, dir.path(), &env).await?;
     let base = format!("http://{}", dev.http);
     let http = reqwest::Client::builder().pool_max_idle_per_host(IN_FLIGHT).http1_only().build()?;
-    let registered: Value = http
-        .post(format!("{base}/api/users/register"))
-        .json(&json!({ "email": "bench@example.com", "password": "violet-ocean-lantern-42", "display_name": "Bench" }))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token =
-        registered["tokens"]["access_token"].as_str().context("registration returns a token")?.to_owned();
-    let caller = Arc::new(Caller { http, base, token });
+    let caller = Arc::new(Api::sign_up(http, base).await?);
     caller.post("/api/webhooks/register", json!({ "url": url, "event_types": ["bench.event"] })).await?;
 
     let mut n = 0u64;
