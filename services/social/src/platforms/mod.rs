@@ -376,14 +376,6 @@ pub enum RefreshError {
 }
 
 impl Adapters {
-    /// Whether `credentials` let postmesh refresh the access token itself.
-    pub fn can_refresh(platform: Platform, credentials: &Credentials) -> bool {
-        match platform {
-            Platform::Twitch => twitch::can_refresh(credentials),
-            _ => false,
-        }
-    }
-
     /// Trades the refresh token in `credentials` for a new access token.
     #[tracing::instrument(skip(self, platform, credentials), fields(platform = platform.as_str_name()))]
     pub async fn refresh(

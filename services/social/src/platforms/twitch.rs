@@ -67,10 +67,6 @@ fn expiry(seconds: i64) -> Option<chrono::DateTime<chrono::Utc>> {
     (seconds > 0).then(|| chrono::Utc::now() + chrono::Duration::seconds(seconds))
 }
 
-pub(super) fn can_refresh(credentials: &Credentials) -> bool {
-    credentials.get("refresh_token").is_some() && credentials.get("client_secret").is_some()
-}
-
 pub(super) async fn connect(
     client: &reqwest::Client,
     urls: &PlatformUrls,
